@@ -1,0 +1,1 @@
+"""Interfaces to the ledger: the command line now, the HTTP API next."""

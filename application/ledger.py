@@ -1,0 +1,166 @@
+"""The ledger application: runs commands (alone or many in one transaction) and answers queries."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+
+from application.commands import Command, Outcome
+from application.errors import ApplicationError, Contention, NotFound
+from application.handlers import HANDLERS, member_for_card, require_program
+from application.unit_of_work import UnitOfWork
+from application.views import json_value, member_view, program_view, rfc3339
+from domain.errors import DomainError
+from domain.identity import member_id_to_uuid
+from domain.lots import Lot
+from domain.member import Member, replay_member
+
+Clock = Callable[[], datetime]
+LedgerError = (DomainError, ApplicationError)
+MAX_ATTEMPTS = 25
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class LotAsDict(Transcoding):
+    type = Lot
+    name = "lot"
+
+    def encode(self, obj: Lot) -> dict[str, Any]:
+        return obj.as_dict()
+
+    def decode(self, data: dict[str, Any]) -> Lot:
+        return Lot(**data)
+
+
+class _PoisonedBatch(Exception):
+    """A refused command left changes behind; the batch cannot be trusted as a whole."""
+
+
+class Ledger(Application):
+    name = "loyalty"
+    snapshotting_intervals = {Member: 100}  # noqa: RUF012 - the library reads a class attribute
+
+    def __init__(self, env: dict[str, str] | None = None, clock: Clock = utc_now) -> None:
+        super().__init__(env)
+        self.clock = clock
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(LotAsDict())
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def execute(self, command: Command) -> Outcome:
+        """Runs one command in its own transaction. A version clash or a racing duplicate
+        (IntegrityError) reloads and retries: the retry finds the other writer's receipt."""
+        handler = HANDLERS[type(command)]
+        for attempt in range(MAX_ATTEMPTS):
+            uow = UnitOfWork(self)
+            outcome = handler(uow, command, self.clock())
+            try:
+                uow.commit()
+            except IntegrityError:
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return outcome
+        raise Contention(f"gave up after {MAX_ATTEMPTS} attempts: too many concurrent writes on one member")
+
+    def execute_batch(self, commands: Sequence[Command]) -> list[Outcome | DomainError | ApplicationError]:
+        """Runs many commands and commits them in one transaction (group commit), each judged as
+        if alone: a refused command is reported and left out. If the batch cannot be committed
+        as a whole (another process got there first), each command is retried on its own."""
+        if not commands:
+            return []
+        uow = UnitOfWork(self)
+        now = self.clock()
+        results: list[Outcome | DomainError | ApplicationError] = []
+        try:
+            for command in commands:
+                before = uow.pending_count()
+                try:
+                    results.append(HANDLERS[type(command)](uow, command, now))
+                except LedgerError as error:
+                    if uow.pending_count() != before:
+                        raise _PoisonedBatch from error
+                    results.append(error)
+            uow.commit()
+        except (IntegrityError, _PoisonedBatch):
+            return [self._execute_caught(command) for command in commands]
+        return results
+
+    def _execute_caught(self, command: Command) -> Outcome | DomainError | ApplicationError:
+        try:
+            return self.execute(command)
+        except LedgerError as error:
+            return error
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def get_member(self, member_id: str) -> Member:
+        try:
+            member = self.repository.get(member_id_to_uuid(member_id))
+        except AggregateNotFoundError:
+            raise NotFound(f"member {member_id!r} not found") from None
+        if not isinstance(member, Member):
+            raise NotFound(f"member {member_id!r} not found")
+        return member
+
+    def member_summary(self, member_id: str) -> dict[str, Any]:
+        return member_view(self.get_member(member_id), self.clock())
+
+    def member_id_for_card(self, program_id: str, card_number: str) -> str:
+        return member_for_card(UnitOfWork(self), program_id, card_number).member_id
+
+    def program_summary(self, program_id: str) -> dict[str, Any]:
+        return program_view(require_program(UnitOfWork(self), program_id))
+
+    def _member_events(self, member_id: str) -> list[Member.Event]:
+        events = list(self.events.get(member_id_to_uuid(member_id)))
+        if not events or not isinstance(events[0], Member.MemberEnrolled):
+            raise NotFound(f"member {member_id!r} not found")
+        return events
+
+    def balance_as_of(self, member_id: str, as_of: datetime | None = None,
+                      known_at: datetime | None = None) -> dict[str, Any]:
+        """Replays the member's stored events: effective time up to `as_of`, recorded by `known_at`."""
+        moment = as_of or self.clock()
+        member = replay_member(self._member_events(member_id), as_of=moment, known_at=known_at)
+        if member is None:
+            raise NotFound(f"member {member_id!r} was not yet known at {rfc3339(known_at or moment)}")
+        balance = member.balance_at(moment)
+        return {
+            "member_id": member_id, "as_of": rfc3339(moment),
+            "known_at": None if known_at is None else rfc3339(known_at),
+            "available": balance["available"], "pending": balance["pending"],
+            "due_for_expiry": balance["due"], "tier": member.tier,
+        }
+
+    def history(self, member_id: str, as_of: datetime | None = None) -> list[dict[str, Any]]:
+        """Every stored event of the member, oldest first, with who caused it."""
+        history = []
+        for domain_event in self._member_events(member_id):
+            if as_of is not None and domain_event.occurred_at > as_of:
+                continue
+            data = {
+                k: v for k, v in vars(domain_event).items()
+                if k not in ("originator_id", "originator_version", "timestamp", "actor", "occurred_at",
+                             "originator_topic", "request_hash")
+            }
+            history.append({
+                "version": domain_event.originator_version,
+                "type": type(domain_event).__name__,
+                "occurred_at": rfc3339(domain_event.occurred_at),
+                "recorded_at": rfc3339(domain_event.timestamp),
+                "actor": domain_event.actor,
+                "data": json_value(data),
+            })
+        return history

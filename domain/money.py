@@ -1,0 +1,54 @@
+"""Money and points arithmetic: one named function per rounding rule."""
+
+from __future__ import annotations
+
+from decimal import ROUND_FLOOR, Decimal
+
+from domain.errors import InvalidAmount
+
+# ISO 4217 minor units where they differ from 2.
+_MINOR_UNITS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
+    "PYG": 0, "RWF": 0, "UGX": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+}
+MAX_AMOUNT = Decimal("1000000000")  # a single posting above this is a data-entry error
+
+
+def minor_units(currency: str) -> int:
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def is_currency_code(code: str) -> bool:
+    return isinstance(code, str) and len(code) == 3 and code.isascii() and code.isupper() and code.isalpha()
+
+
+def check_amount(amount: Decimal, currency: str) -> None:
+    """A posting amount: finite, positive, at most the currency's minor units, not absurd."""
+    if not isinstance(amount, Decimal) or not amount.is_finite():
+        raise InvalidAmount("amount must be a finite decimal")
+    if amount <= 0:
+        raise InvalidAmount("amount must be greater than zero")
+    if amount > MAX_AMOUNT:
+        raise InvalidAmount(f"amount must not exceed {MAX_AMOUNT}")
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > minor_units(currency):
+        raise InvalidAmount(f"amount has more decimal places than {currency} allows ({minor_units(currency)})")
+
+
+def earned_points(amount: Decimal, earn_rate: Decimal, multiplier: Decimal) -> int:
+    """Earning floors: floor(amount x earn_rate x tier multiplier)."""
+    return int((amount * earn_rate * multiplier).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def points_to_reverse(points_earned: int, amount: Decimal, returned_before: Decimal, returning: Decimal) -> int:
+    """Proportional reversal on the cumulative returned amount, so the return that completes
+    the original amount takes the exact remainder and the sum of reversals equals what was earned."""
+    returned_after = returned_before + returning
+
+    def reversed_at(returned: Decimal) -> int:
+        if returned >= amount:
+            return points_earned
+        return int((points_earned * returned / amount).to_integral_value(rounding=ROUND_FLOOR))
+
+    return reversed_at(returned_after) - reversed_at(returned_before)
