@@ -85,11 +85,11 @@ class Ledger(Application):
         results: list[Outcome | DomainError | ApplicationError] = []
         try:
             for command in commands:
-                before = uow.pending_count()
+                uow.begin_command()
                 try:
                     results.append(HANDLERS[type(command)](uow, command, now))
                 except LedgerError as error:
-                    if uow.pending_count() != before:
+                    if uow.command_changed_anything():
                         raise _PoisonedBatch from error
                     results.append(error)
             uow.commit()

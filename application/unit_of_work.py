@@ -22,6 +22,7 @@ class UnitOfWork:
     def __init__(self, app: Application) -> None:
         self._app = app
         self._aggregates: dict[UUID, Aggregate] = {}
+        self._marks: dict[UUID, int] = {}  # pending events per aggregate when the command first touched it
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """The aggregate as this unit sees it (its own changes included), or None."""
@@ -32,10 +33,20 @@ class UnitOfWork:
             except AggregateNotFoundError:
                 return None
             self._aggregates[aggregate_id] = aggregate
+        self._marks.setdefault(aggregate_id, len(aggregate.pending_events))
         return aggregate if isinstance(aggregate, cls) else None
 
     def add(self, aggregate: Aggregate) -> None:
+        if aggregate.id not in self._aggregates:
+            self._marks.setdefault(aggregate.id, 0)
         self._aggregates[aggregate.id] = aggregate
+
+    def begin_command(self) -> None:
+        self._marks = {}
+
+    def command_changed_anything(self) -> bool:
+        """Whether the current command left events behind (it must not, if it was refused)."""
+        return any(len(self._aggregates[i].pending_events) != n for i, n in self._marks.items())
 
     def pending_count(self) -> int:
         return sum(len(a.pending_events) for a in self._aggregates.values())

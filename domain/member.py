@@ -8,6 +8,7 @@ the library's timestamp is the recorded time.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from copy import copy
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -245,6 +246,20 @@ class Member(Aggregate):
         self.adjustments: dict[str, dict[str, Any]] = {}
         self.expired_reversed: dict[str, int] = {}
         self.lifetime = {"earned": 0, "redeemed": 0, "expired": 0, "reversed": 0, "adjusted": 0}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Member:
+        """The repository copies cached aggregates before each command. A generic deepcopy
+        walks every Decimal and datetime; only the containers events mutate need copying."""
+        clone = object.__new__(type(self))
+        state = dict(self.__dict__)
+        state["_pending_events"] = []
+        state["lots"] = {k: copy(lot) for k, lot in self.lots.items()}  # Lot fields are immutable values
+        state["purchases"] = {k: dict(v) for k, v in self.purchases.items()}
+        state["redemptions"] = {k: dict(v) for k, v in self.redemptions.items()}
+        for name in ("returns", "adjustments", "expired_reversed", "lifetime"):
+            state[name] = dict(state[name])
+        clone.__dict__.update(state)
+        return clone
 
     # ---- commands -------------------------------------------------------------------------
 
