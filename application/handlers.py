@@ -3,6 +3,9 @@
 A handler raises (a DomainError or ApplicationError) before it changes anything, so a batch can
 drop one refused command and commit the rest. Writes with a client id create a Receipt in the
 same unit, so the store's primary key makes each one count exactly once.
+
+Handlers load the member before looking for the receipt: a racing writer commits both at once,
+so a member that already shows the posting implies its receipt is visible too.
 """
 
 from __future__ import annotations
@@ -211,6 +214,7 @@ def generated_member_id(program_id: str, card_number: str | None) -> str:
 def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> Outcome:
     check_identifier(cmd.transaction_id, "transaction_id")
     partner = require_partner(uow, cmd.partner_id)
+    member = posting_member(uow, partner.program_id, cmd.member_id, cmd.card_number)
     key = [partner.program_id, partner.partner_id, cmd.transaction_id]
     replayed = replay(uow, "posting", key, cmd)
     if replayed is not None:
@@ -220,7 +224,6 @@ def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> Outc
     if cmd.currency != program.currency:
         raise CurrencyMismatch(f"currency must be {program.currency}, the program's currency")
     check_amount(cmd.amount, cmd.currency)
-    member = posting_member(uow, partner.program_id, cmd.member_id, cmd.card_number)
     occurred_at = effective_time(cmd.occurred_at, now)
     revision, rules = program.rules_at(occurred_at)
     points = member.record_purchase(
@@ -251,17 +254,17 @@ def posting_member(uow: UnitOfWork, program_id: str, member_id: str | None, card
 def return_purchase(uow: UnitOfWork, cmd: ReturnPurchase, now: datetime) -> Outcome:
     check_identifier(cmd.transaction_id, "transaction_id")
     partner = require_partner(uow, cmd.partner_id)
-    key = [partner.program_id, partner.partner_id, cmd.transaction_id]
-    replayed = replay(uow, "posting", key, cmd)
-    if replayed is not None:
-        return replayed
     original = uow.find(Receipt, Receipt.create_id(
         "posting", [partner.program_id, partner.partner_id, cmd.original_transaction_id]))
     if original is None or original.kind != "purchase":
         raise UnknownPurchase(f"no purchase {cmd.original_transaction_id!r} from partner {partner.partner_id!r}")
+    member = require_member(uow, original.member_id)
+    key = [partner.program_id, partner.partner_id, cmd.transaction_id]
+    replayed = replay(uow, "posting", key, cmd)
+    if replayed is not None:
+        return replayed
     program = require_program(uow, partner.program_id)
     check_amount(cmd.amount, program.currency)
-    member = require_member(uow, original.member_id)
     occurred_at = effective_time(cmd.occurred_at, now)
     points = member.return_purchase(
         partner_id=partner.partner_id, transaction_id=cmd.transaction_id,
