@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 import click
 
 from application.errors import ApplicationError
 from domain.errors import DomainError
-from infrastructure.config import Config, ConfigError
+from infrastructure.config import DEFAULT_DATA_DIR, Config, ConfigError
 
 
 def load_config() -> Config:
@@ -31,19 +34,20 @@ def main() -> None:
 @click.option("--members", default=2000, show_default=True, type=click.IntRange(1, 100_000),
               help="How many members to simulate.")
 @click.option("--seed", default=2025, show_default=True, help="Random seed: the same seed gives the same year.")
-@click.option("--fresh", is_flag=True, help="Delete an existing SQLite demo database first.")
-def demo(members: int, seed: int, fresh: bool) -> None:
-    """Simulate a year of loyalty activity in the configured database and summarise it."""
+def demo(members: int, seed: int) -> None:
+    """Simulate a year of loyalty activity and summarise it.
+
+    Without LOYALTY_DATABASE_URL the demo writes its own embedded file (data/demo.db), recreated
+    on every run; with it, the demo loads into that database once."""
     from application.demo import DAYS, DemoAlreadyLoaded, run_demo
     from infrastructure.bootstrap import build_ledger
 
     config = load_config()
+    if not os.environ.get("LOYALTY_DATABASE_URL"):
+        demo_file = Path(os.environ.get("LOYALTY_DATA_DIR", DEFAULT_DATA_DIR)) / "demo.db"
+        demo_file.unlink(missing_ok=True)
+        config = replace(config, database_url=f"sqlite:///{demo_file}")
     database = config.database
-    if fresh:
-        if database.kind != "sqlite":
-            raise click.ClickException("--fresh only deletes SQLite files; point LOYALTY_DATABASE_URL at a new database")
-        assert database.path is not None
-        database.path.unlink(missing_ok=True)
     clock: list[datetime] = [datetime.now()]
     ledger = build_ledger(config, clock=lambda: clock[0])
     click.echo(f"Simulating a year for {members} members in the {database.describe()} (seed {seed})")
@@ -51,7 +55,7 @@ def demo(members: int, seed: int, fresh: bool) -> None:
         with click.progressbar(length=DAYS, label="Days simulated", show_pos=True) as bar:
             report = run_demo(ledger, clock, members, seed, on_day=lambda day: bar.update(1))
     except DemoAlreadyLoaded as error:
-        raise click.ClickException(f"{error}; run `loyalty demo --fresh` to start over") from None
+        raise click.ClickException(f"{error}; point LOYALTY_DATABASE_URL at a new database") from None
     except (DomainError, ApplicationError) as error:
         raise click.ClickException(error.detail) from None
     finally:
