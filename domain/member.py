@@ -78,6 +78,7 @@ class Member(Aggregate):
                 "points": self.points,
                 "lot_id": None,
                 "returned": Decimal(0),
+                "returns": [],  # [[occurred_at, amount], ...]: a review as of a date counts only returns by then
                 "reversed_points": 0,
             }
 
@@ -107,6 +108,7 @@ class Member(Aggregate):
         def apply(self, member: Member) -> None:
             key = purchase_key(self.partner_id, self.original_transaction_id)
             member.purchases[key]["returned"] += self.amount
+            member.purchases[key]["returns"].append([self.occurred_at, self.amount])
             member.returns[purchase_key(self.partner_id, self.transaction_id)] = key
 
     class AccrualReversed(Event):
@@ -254,7 +256,7 @@ class Member(Aggregate):
         state = dict(self.__dict__)
         state["_pending_events"] = []
         state["lots"] = {k: copy(lot) for k, lot in self.lots.items()}  # Lot fields are immutable values
-        state["purchases"] = {k: dict(v) for k, v in self.purchases.items()}
+        state["purchases"] = {k: {**v, "returns": list(v["returns"])} for k, v in self.purchases.items()}
         state["redemptions"] = {k: dict(v) for k, v in self.redemptions.items()}
         for name in ("returns", "adjustments", "expired_reversed", "lifetime"):
             state[name] = dict(state[name])
@@ -353,7 +355,7 @@ class Member(Aggregate):
 
     def cancel_redemption(self, *, redemption_id: str, occurred_at: datetime, actor: str) -> dict[str, int]:
         """Puts the points back into the lots they came from; a lot already past its expiry
-        takes them back as expired."""
+        takes them back as expired, once any clawback on it is paid off."""
         require_aware(occurred_at, "occurred_at")
         redemption = self.redemptions.get(redemption_id)
         if redemption is None:
@@ -364,9 +366,14 @@ class Member(Aggregate):
             raise InvalidAmount("a cancellation cannot occur before its redemption")
         restored, restored_expired = [], []
         for lot_id, points in redemption["consumed"]:
-            expires_at = self.lots[lot_id].expires_at
-            past_expiry = expires_at is not None and expires_at <= occurred_at
-            (restored_expired if past_expiry else restored).append([lot_id, points])
+            lot = self.lots[lot_id]
+            past_expiry = lot.expires_at is not None and lot.expires_at <= occurred_at
+            # Past expiry, points first pay off a clawback on the lot; only the rest comes back expired.
+            repaid = min(points, max(-lot.remaining, 0)) if past_expiry else points
+            if repaid:
+                restored.append([lot_id, repaid])
+            if points - repaid:
+                restored_expired.append([lot_id, points - repaid])
         self.trigger_event(
             self.RedemptionCancelled, redemption_id=redemption_id, restored=restored,
             restored_expired=restored_expired, occurred_at=occurred_at, actor=actor,
@@ -449,10 +456,12 @@ class Member(Aggregate):
 
     def qualifying_spend(self, as_of: datetime, rules: Rules) -> Decimal:
         start = rules.window_start(as_of)
-        return sum(
-            (p["amount"] - p["returned"] for p in self.purchases.values() if start < p["occurred_at"] <= as_of),
-            Decimal(0),
-        )
+        spend = Decimal(0)
+        for purchase in self.purchases.values():
+            if start < purchase["occurred_at"] <= as_of:
+                spend += purchase["amount"] - sum(
+                    (amount for when, amount in purchase["returns"] if when <= as_of), Decimal(0))
+        return spend
 
     def next_expiry(self, moment: datetime) -> dict[str, Any] | None:
         upcoming = sorted(
