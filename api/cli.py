@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -76,6 +77,52 @@ def demo(members: int, seed: int) -> None:
         click.echo(f"  {tier:<20}{points:>12,} points  ({report.members_by_tier[tier]:,} members)")
     click.echo(f"Net spend:             {report.spend_total:>15,.2f} EUR")
     click.echo(f"Top 20% of members' share of spend: {report.top_fifth_share:.1%}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per process.")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API with gunicorn (creates the schema first)."""
+    from api.serve import serve as run_server
+
+    config = load_config()
+    if config.admin_key is None:
+        config = replace(config, admin_key=secrets.token_urlsafe(24))
+        click.echo(f"No LOYALTY_ADMIN_KEY set; this run's admin key is: {config.admin_key}", err=True)
+    else:
+        click.echo("Admin key: the value of LOYALTY_ADMIN_KEY", err=True)
+    click.echo(f"Serving on http://{host}:{port} ({workers} workers x {threads} threads), "
+               f"data in the {config.database.describe()}; docs at /docs", err=True)
+    run_server(config, host, port, workers, threads)
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["admin", "partner", "support", "supervisor", "auditor", "finance"]))
+@click.option("--partner", "partner_id", help="The partner a partner key posts for.")
+@click.option("--name", help="A label for the key.")
+def create_key(role: str, partner_id: str | None, name: str | None) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from application.access import IssueApiKey
+    from infrastructure.bootstrap import build_ledger
+
+    ledger = build_ledger(load_config())
+    try:
+        outcome = ledger.execute(IssueApiKey(actor="cli", role=role, partner_id=partner_id, name=name))
+    except (DomainError, ApplicationError) as error:
+        raise click.ClickException(error.detail) from None
+    finally:
+        ledger.close()
+    click.echo(outcome.body["key"])
+    click.echo(f"key_id {outcome.body['key_id']}, role {role}" + (f", partner {partner_id}" if partner_id else ""),
+               err=True)
 
 
 if __name__ == "__main__":

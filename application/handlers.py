@@ -349,7 +349,7 @@ def review_tier(uow: UnitOfWork, cmd: ReviewTier, now: datetime) -> Outcome:
     return Outcome(body={"member_id": member.member_id, "tier": member.tier, "changed": direction}, status=200)
 
 
-HANDLERS: dict[type, Handler] = {
+LEDGER_HANDLERS: dict[type, Handler] = {
     CreateProgram: create_program,
     ReviseProgram: revise_program,
     RegisterPartner: register_partner,

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.utils import get_topic
 
 from application.commands import Command, Outcome
 from application.errors import ApplicationError, Contention, NotFound
-from application.handlers import HANDLERS, member_for_card, require_program
+from application.access import ACCESS_HANDLERS, Principal, authenticate
+from application.handlers import LEDGER_HANDLERS, member_for_card, require_program
 from application.unit_of_work import UnitOfWork
 from application.views import json_value, member_view, program_view, rfc3339
 from domain.errors import DomainError
-from domain.identity import member_id_to_uuid
+from domain.identity import member_id_to_uuid, partner_id_to_uuid
+from domain.partner import Partner
+from domain.receipts import Receipt
 from domain.lots import Lot
 from domain.member import Member, replay_member
+from domain.program import Program
 
 Clock = Callable[[], datetime]
 LedgerError = (DomainError, ApplicationError)
 MAX_ATTEMPTS = 25
+HANDLERS = {**LEDGER_HANDLERS, **ACCESS_HANDLERS}
 
 
 def utc_now() -> datetime:
@@ -103,7 +109,61 @@ class Ledger(Application):
         except LedgerError as error:
             return error
 
+    # ---- jobs over every member -------------------------------------------------------------
+
+    def created(self, event_class: type, page: int = 1000) -> Iterator[Any]:
+        """Every stored creation event of a kind, oldest first, read from the notification log
+        filtered by topic. (The projections replace this scan for the read side.)"""
+        topic = get_topic(event_class)
+        start: int | None = None
+        while True:
+            notifications = self.recorder.select_notifications(
+                start=start, limit=page, topics=[topic], inclusive_of_start=False)
+            for notification in notifications:
+                yield self.mapper.to_domain_event(notification)
+            if len(notifications) < page:
+                return
+            start = notifications[-1].id
+
+    def member_ids(self, program_id: str | None = None) -> Iterator[str]:
+        for enrolled in self.created(Member.MemberEnrolled):
+            if program_id is None or enrolled.program_id == program_id:
+                yield enrolled.member_id
+
+    def program_ids(self) -> list[str]:
+        return [created.program_id for created in self.created(Program.ProgramCreated)]
+
+    def run_for_every_member(self, make: Callable[[str], Command], batch_size: int = 500) -> list[Outcome]:
+        """A job: one command per member, committed in batches. Refusals are raised, since a
+        job's commands are the ledger's own and must not fail silently."""
+        outcomes: list[Outcome] = []
+        ids = list(self.member_ids())
+        for offset in range(0, len(ids), batch_size):
+            for result in self.execute_batch([make(member_id) for member_id in ids[offset:offset + batch_size]]):
+                if not isinstance(result, Outcome):
+                    raise result
+                outcomes.append(result)
+        return outcomes
+
     # ---- queries --------------------------------------------------------------------------
+
+    @property
+    def database_kind(self) -> str:
+        return self.env.get("PERSISTENCE_MODULE", "eventsourcing.popo").rsplit(".", 1)[-1]
+
+    def partner_program(self, partner_id: str) -> str:
+        partner = UnitOfWork(self).find(Partner, partner_id_to_uuid(partner_id))
+        if partner is None:
+            raise NotFound(f"partner {partner_id!r} not found")
+        return partner.program_id
+
+    def posting(self, partner_id: str, transaction_id: str) -> Receipt | None:
+        """A partner's posting receipt: what was posted and the outcome it was given."""
+        program_id = self.partner_program(partner_id)
+        return UnitOfWork(self).find(Receipt, Receipt.create_id("posting", [program_id, partner_id, transaction_id]))
+
+    def authenticate(self, presented: str, admin_key: str | None) -> Principal | None:
+        return authenticate(UnitOfWork(self), presented, admin_key)
 
     def get_member(self, member_id: str) -> Member:
         try:

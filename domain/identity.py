@@ -10,30 +10,30 @@ from domain.errors import InvalidIdentifier
 _NAMESPACE = UUID("6f1d8f44-3c1e-5b7a-9a53-4c6f7a1e2b10")
 
 
-def _id(kind: str, *parts: str) -> UUID:
+def natural_id(kind: str, *parts: str) -> UUID:
     # The unit separator cannot appear in ids we accept, so keys never collide.
     return uuid5(_NAMESPACE, "\x1f".join((kind, *parts)))
 
 
 def program_id_to_uuid(program_id: str) -> UUID:
-    return _id("program", program_id)
+    return natural_id("program", program_id)
 
 
 def partner_id_to_uuid(partner_id: str) -> UUID:
-    return _id("partner", partner_id)
+    return natural_id("partner", partner_id)
 
 
 def member_id_to_uuid(member_id: str) -> UUID:
-    return _id("member", member_id)
+    return natural_id("member", member_id)
 
 
 def card_uuid(program_id: str, card_number: str) -> UUID:
-    return _id("card", program_id, card_number)
+    return natural_id("card", program_id, card_number)
 
 
 def receipt_uuid(scope: str, *key: str) -> UUID:
     """A receipt for an idempotent write: scope names the id space, key the id within it."""
-    return _id("receipt", scope, *key)
+    return natural_id("receipt", scope, *key)
 
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")

@@ -1,0 +1,118 @@
+"""The Flask application factory: the one place the HTTP API is wired."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import PersistenceError
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from api.problems import PROBLEM_JSON, from_http_exception, problem
+from api.routes import admin, members, operations, postings, redemptions
+from api.schemas import ProblemSchema
+from application.errors import ApplicationError
+from application.ledger import Ledger
+from domain.errors import DomainError
+from infrastructure.config import Config
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of 1000 purchases fits well inside
+log = structlog.get_logger("loyalty.http")
+
+
+class LedgerApi(Api):
+    """flask-smorest, with errors documented and sent as problem+json."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        saved = self.DEFAULT_RESPONSE_CONTENT_TYPE
+        self.DEFAULT_RESPONSE_CONTENT_TYPE = PROBLEM_JSON
+        try:
+            super()._register_responses()
+        finally:
+            self.DEFAULT_RESPONSE_CONTENT_TYPE = saved
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        if error.code and error.code >= 500:
+            original = getattr(error, "original_exception", None)
+            log.error("unhandled error", exc_info=original or error)
+            return problem("server-error", detail="the error was logged with this request's id")
+        return from_http_exception(error)
+
+
+def create_app(config: Config, ledger: Ledger | None = None) -> Flask:
+    """Builds the app on `ledger`, or on a new ledger for `config` (schema already created)."""
+    if ledger is None:
+        from infrastructure.bootstrap import build_ledger
+
+        ledger = build_ledger(config, create_schema=False)
+    app = Flask("loyalty")
+    app.config.update(
+        LOYALTY=config,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE="loyalty-ledger",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    )
+    app.extensions["ledger"] = ledger
+    api = LedgerApi(app, spec_kwargs={
+        "security": [{"bearerAuth": []}],
+        "info": {"description": "The loyalty points ledger's HTTP API. Errors are application/problem+json."},
+    })
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    for blueprint in (admin.blp, members.blp, postings.blp, redemptions.blp, operations.jobs, operations.health):
+        api.register_blueprint(blueprint)
+
+    @app.errorhandler(DomainError)
+    @app.errorhandler(ApplicationError)
+    def ledger_error(error: DomainError | ApplicationError) -> Response:
+        errors = error.facts.get("errors")
+        field = error.facts.get("field")
+        if not errors and field:
+            errors = {str(field): [error.detail]}
+        headers = {"WWW-Authenticate": "Bearer"} if error.slug == "unauthenticated" else None
+        return problem(error.slug, detail=error.detail, errors=errors, headers=headers)
+
+    @app.errorhandler(PersistenceError)
+    def database_error(error: PersistenceError) -> Response:
+        log.error("database error", exc_info=error)
+        return problem("unavailable", detail="the database did not answer; the request may be retried with the same id")
+
+    @app.before_request
+    def start_request() -> Response | None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        g.started = time.perf_counter()
+        if request.method in ("POST", "PUT", "PATCH") and request.content_length:
+            if request.mimetype != "application/json":
+                return problem("unsupported-media-type", detail=f"got {request.mimetype or 'no content type'}")
+        return None
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        principal = g.get("principal")
+        log.info(
+            "request",
+            request_id=g.get("request_id"),
+            method=request.method,
+            route=request.url_rule.rule if request.url_rule else None,
+            status=response.status_code,
+            latency_ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            key_id=principal.key_id if principal else None,
+        )
+        return response
+
+    return app
+
+
+def openapi_document(app: Flask) -> dict[str, Any]:
+    return app.extensions["flask-smorest"]["apis"][""]["ext_obj"].spec.to_dict()

@@ -1,0 +1,24 @@
+"""HTTP routes, one blueprint per area of ../shared/API.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from application.commands import Command, Outcome
+from application.ledger import Ledger
+
+
+def ledger() -> Ledger:
+    return current_app.extensions["ledger"]
+
+
+def respond(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The outcome's body and status; a replay says so in a header."""
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return outcome.body, outcome.status, headers
+
+
+def run(command: Command) -> tuple[dict[str, Any], int, dict[str, str]]:
+    return respond(ledger().execute(command))

@@ -1,0 +1,388 @@
+"""Request and response schemas: the same classes validate input and generate /openapi.json."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from domain.api_key import ROLES
+from domain.member import ADJUSTMENT_REASONS
+
+DECIMAL = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,10})?")
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ID = validate.Length(min=1, max=128)
+MAX_POINTS = 10**12
+
+
+class Money(fields.String):
+    """A decimal string such as "25.00": never a float, never NaN or Infinity."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"pattern": DECIMAL.pattern, "example": "25.00", **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not DECIMAL.fullmatch(text):
+            raise ValidationError("Must be a decimal string such as \"25.00\".")
+        try:
+            return Decimal(text)
+        except InvalidOperation:
+            raise ValidationError("Must be a decimal string such as \"25.00\".") from None
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else str(value)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+def Points(**kwargs: Any) -> fields.Integer:  # noqa: N802 - a field factory reads like a field
+    return fields.Integer(strict=True, **kwargs)
+
+
+Time = fields.AwareDateTime
+
+
+# ---- problems ---------------------------------------------------------------------------------
+
+class ProblemSchema(Schema):
+    type = fields.String(required=True, metadata={"example": "validation-error"})
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.Raw())
+
+
+# ---- administration ---------------------------------------------------------------------------
+
+class TierSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    qualifying_spend = Money(required=True)
+    multiplier = Money(required=True)
+
+
+class ExpirySchema(StrictSchema):
+    policy = fields.String(required=True, validate=validate.OneOf(["none", "rolling"]))
+    months = fields.Integer(strict=True, validate=validate.Range(min=1, max=600))
+
+
+class RuleFields(StrictSchema):
+    earn_rate = Money()
+    point_value = Money()
+    expected_redemption_rate = Money()
+    expiry = fields.Nested(ExpirySchema)
+    pending_days = fields.Integer(strict=True, validate=validate.Range(min=0, max=3650))
+    tiers = fields.List(fields.Nested(TierSchema), validate=validate.Length(min=1, max=20))
+    tier_window_months = fields.Integer(strict=True, validate=validate.Range(min=1, max=120))
+    adjustment_approval_threshold = Points(validate=validate.Range(min=0, max=MAX_POINTS))
+
+
+class ProgramCreateSchema(RuleFields):
+    program_id = fields.String(required=True, validate=validate.Regexp(SLUG))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
+    effective_at = Time()
+
+    @validates_schema
+    def all_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
+        missing = [name for name in RuleFields._declared_fields if name not in data]
+        if missing:
+            raise ValidationError({name: ["Missing data for required field."] for name in missing})
+
+
+class RevisionCreateSchema(RuleFields):
+    effective_at = Time(required=True)
+
+
+class RevisionSchema(Schema):
+    revision = fields.Integer()
+    effective_at = fields.String()
+    rules = fields.Dict()
+
+
+class ProgramSchema(Schema):
+    program_id = fields.String()
+    name = fields.String()
+    currency = fields.String()
+    earn_rate = fields.String()
+    point_value = fields.String()
+    expected_redemption_rate = fields.String()
+    expiry = fields.Dict()
+    pending_days = fields.Integer()
+    tiers = fields.List(fields.Dict())
+    tier_window_months = fields.Integer()
+    adjustment_approval_threshold = fields.Integer()
+    revision = fields.Integer()
+    revisions = fields.List(fields.Nested(RevisionSchema))
+
+
+class PartnerCreateSchema(StrictSchema):
+    partner_id = fields.String(required=True, validate=validate.Regexp(SLUG))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    program_id = fields.String(required=True, validate=validate.Regexp(SLUG))
+    stores = fields.List(fields.String(validate=ID), required=True, validate=validate.Length(min=1, max=10000))
+
+
+class PartnerSchema(Schema):
+    partner_id = fields.String()
+    name = fields.String()
+    program_id = fields.String()
+    stores = fields.List(fields.String())
+
+
+class ApiKeyCreateSchema(StrictSchema):
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    partner_id = fields.String(validate=validate.Regexp(SLUG))
+    name = fields.String(validate=validate.Length(max=200))
+
+
+class ApiKeySchema(Schema):
+    key = fields.String(metadata={"description": "Shown once; only its hash is stored."})
+    key_id = fields.String()
+    role = fields.String()
+    partner_id = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+
+
+# ---- members ----------------------------------------------------------------------------------
+
+class MemberCreateSchema(StrictSchema):
+    program_id = fields.String(required=True, validate=validate.Regexp(SLUG))
+    member_id = fields.String(validate=ID)
+    card_number = fields.String(validate=ID)
+    name = fields.String(validate=validate.Length(max=200))
+    email = fields.Email(validate=validate.Length(max=320))
+    birthday = fields.Date()
+    occurred_at = Time()
+
+
+class BalanceSchema(Schema):
+    available = fields.Integer()
+    pending = fields.Integer()
+    due_for_expiry = fields.Integer()
+
+
+class LifetimeSchema(Schema):
+    earned = fields.Integer()
+    redeemed = fields.Integer()
+    expired = fields.Integer()
+    reversed = fields.Integer()
+    adjusted = fields.Integer()
+
+
+class NextExpirySchema(Schema):
+    points = fields.Integer()
+    at = fields.String()
+
+
+class MemberSchema(Schema):
+    member_id = fields.String()
+    program_id = fields.String()
+    card_number = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    email = fields.String(allow_none=True)
+    birthday = fields.String(allow_none=True)
+    enrolled_at = fields.String()
+    tier = fields.String()
+    tier_since = fields.String()
+    balance = fields.Nested(BalanceSchema)
+    lifetime = fields.Nested(LifetimeSchema)
+    next_expiry = fields.Nested(NextExpirySchema, allow_none=True)
+    version = fields.Integer()
+
+
+class CardQuerySchema(StrictSchema):
+    program_id = fields.String(validate=validate.Regexp(SLUG))
+
+
+class AsOfQuerySchema(StrictSchema):
+    as_of = Time()
+    known_at = Time()
+
+
+class AsOfBalanceSchema(Schema):
+    member_id = fields.String()
+    as_of = fields.String()
+    known_at = fields.String(allow_none=True)
+    available = fields.Integer()
+    pending = fields.Integer()
+    due_for_expiry = fields.Integer()
+    tier = fields.String()
+
+
+class HistoryQuerySchema(StrictSchema):
+    as_of = Time()
+    limit = fields.Integer(validate=validate.Range(min=1, max=1000), load_default=100)
+    after = fields.Integer(validate=validate.Range(min=0), load_default=0,
+                           metadata={"description": "Cursor: the version after which to list."})
+
+
+class HistoryEventSchema(Schema):
+    version = fields.Integer()
+    type = fields.String()
+    occurred_at = fields.String()
+    recorded_at = fields.String()
+    actor = fields.String()
+    data = fields.Dict()
+    hash = fields.String(allow_none=True)
+
+
+class HistorySchema(Schema):
+    member_id = fields.String()
+    events = fields.List(fields.Nested(HistoryEventSchema))
+    next = fields.Integer(allow_none=True)
+
+
+# ---- partner postings -------------------------------------------------------------------------
+
+class ItemSchema(StrictSchema):
+    sku = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    category = fields.String(validate=validate.Length(max=128))
+    quantity = fields.Integer(strict=True, validate=validate.Range(min=1, max=1_000_000), load_default=1)
+    amount = Money(required=True)
+
+
+class PurchaseCreateSchema(StrictSchema):
+    transaction_id = fields.String(required=True, validate=ID)
+    member_id = fields.String(validate=ID)
+    card_number = fields.String(validate=ID)
+    store_id = fields.String(required=True, validate=ID)
+    amount = Money(required=True)
+    currency = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
+    occurred_at = Time()
+    items = fields.List(fields.Nested(ItemSchema), validate=validate.Length(max=1000))
+    partner_id = fields.String(validate=validate.Regexp(SLUG),
+                               metadata={"description": "Admin keys only: the partner posting."})
+
+    @validates_schema
+    def member_or_card(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("member_id" in data) == ("card_number" in data):
+            raise ValidationError("Give exactly one of member_id or card_number.", "member_id")
+
+
+class PurchaseSchema(Schema):
+    transaction_id = fields.String()
+    member_id = fields.String()
+    points_earned = fields.Integer()
+    status = fields.String(metadata={"enum": ["available", "pending"]})
+    balance = fields.Nested(BalanceSchema)
+    tier = fields.String()
+    occurred_at = fields.String()
+    revision = fields.Integer()
+
+
+class BatchCreateSchema(StrictSchema):
+    purchases = fields.List(fields.Dict(), required=True, validate=validate.Length(min=1, max=1000),
+                            metadata={"description": "Up to 1000 purchases, each as for POST /v1/purchases."})
+
+
+class BatchResultSchema(Schema):
+    transaction_id = fields.String(allow_none=True)
+    status = fields.Integer()
+    body = fields.Dict()
+
+
+class BatchSchema(Schema):
+    results = fields.List(fields.Nested(BatchResultSchema))
+
+
+class ReturnCreateSchema(StrictSchema):
+    transaction_id = fields.String(required=True, validate=ID)
+    original_transaction_id = fields.String(required=True, validate=ID)
+    amount = Money(required=True)
+    occurred_at = Time()
+    partner_id = fields.String(validate=validate.Regexp(SLUG),
+                               metadata={"description": "Admin keys only: the partner posting."})
+
+
+class ReturnSchema(Schema):
+    transaction_id = fields.String()
+    original_transaction_id = fields.String()
+    member_id = fields.String()
+    points_reversed = fields.Integer()
+    balance = fields.Nested(BalanceSchema)
+    occurred_at = fields.String()
+
+
+class PostingSchema(Schema):
+    kind = fields.String()
+    status = fields.Integer()
+    body = fields.Dict()
+
+
+# ---- redemptions and corrections --------------------------------------------------------------
+
+class RedemptionCreateSchema(StrictSchema):
+    redemption_id = fields.String(required=True, validate=ID)
+    points = Points(required=True, validate=validate.Range(min=1, max=MAX_POINTS))
+    reward = fields.String(validate=validate.Length(max=200))
+    occurred_at = Time()
+    partner_id = fields.String(validate=validate.Regexp(SLUG))
+
+
+class RedemptionSchema(Schema):
+    redemption_id = fields.String()
+    member_id = fields.String()
+    points = fields.Integer()
+    balance = fields.Nested(BalanceSchema)
+    occurred_at = fields.String()
+
+
+class CancellationCreateSchema(StrictSchema):
+    occurred_at = Time()
+
+
+class CancellationSchema(Schema):
+    redemption_id = fields.String()
+    member_id = fields.String()
+    points_restored = fields.Integer()
+    points_expired = fields.Integer()
+    balance = fields.Nested(BalanceSchema)
+    occurred_at = fields.String()
+
+
+class AdjustmentCreateSchema(StrictSchema):
+    adjustment_id = fields.String(required=True, validate=ID)
+    points = Points(required=True, validate=[validate.Range(min=-MAX_POINTS, max=MAX_POINTS),
+                                             validate.NoneOf([0], error="Must be non-zero.")])
+    reason = fields.String(required=True, validate=validate.OneOf(ADJUSTMENT_REASONS))
+    note = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    occurred_at = Time()
+
+
+class AdjustmentSchema(Schema):
+    adjustment_id = fields.String()
+    member_id = fields.String()
+    points = fields.Integer()
+    status = fields.String()
+    balance = fields.Nested(BalanceSchema)
+    occurred_at = fields.String()
+
+
+# ---- jobs and health --------------------------------------------------------------------------
+
+class JobSchema(StrictSchema):
+    as_of = Time(required=True)
+
+
+class ExpiryJobSchema(Schema):
+    members = fields.Integer()
+    points_expired = fields.Integer()
+
+
+class TierJobSchema(Schema):
+    members = fields.Integer()
+    upgraded = fields.Integer()
+    downgraded = fields.Integer()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    database = fields.String()
+    events = fields.Integer()
