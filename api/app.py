@@ -13,12 +13,13 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from api.problems import PROBLEM_JSON, from_http_exception, problem
-from api.routes import admin, members, operations, postings, redemptions
+from api.routes import admin, audit, members, operations, postings, redemptions
 from api.schemas import ProblemSchema
 from application.errors import ApplicationError
 from application.ledger import Ledger
 from domain.errors import DomainError
 from infrastructure.config import Config
+from projections.read_model import ReadModel
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of 1000 purchases fits well inside
 log = structlog.get_logger("loyalty.http")
@@ -45,12 +46,14 @@ class LedgerApi(Api):
         return from_http_exception(error)
 
 
-def create_app(config: Config, ledger: Ledger | None = None) -> Flask:
-    """Builds the app on `ledger`, or on a new ledger for `config` (schema already created)."""
+def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadModel | None = None) -> Flask:
+    """Builds the app on `ledger` and `read_model`, or on new ones for `config` (schema and
+    projection tables already created by the caller)."""
     if ledger is None:
-        from infrastructure.bootstrap import build_ledger
+        from infrastructure.bootstrap import build_ledger, build_read_model
 
         ledger = build_ledger(config, create_schema=False)
+        read_model = build_read_model(config, ledger, create_tables=False)
     app = Flask("loyalty")
     app.config.update(
         LOYALTY=config,
@@ -64,12 +67,14 @@ def create_app(config: Config, ledger: Ledger | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
     app.extensions["ledger"] = ledger
+    app.extensions["read_model"] = read_model
     api = LedgerApi(app, spec_kwargs={
         "security": [{"bearerAuth": []}],
         "info": {"description": "The loyalty points ledger's HTTP API. Errors are application/problem+json."},
     })
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    for blueprint in (admin.blp, members.blp, postings.blp, redemptions.blp, operations.jobs, operations.health):
+    for blueprint in (admin.blp, members.blp, postings.blp, redemptions.blp, operations.jobs, audit.audit,
+                      operations.health, audit.ready):
         api.register_blueprint(blueprint)
 
     @app.errorhandler(DomainError)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -84,7 +86,10 @@ def demo(members: int, seed: int) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Processes.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per process.")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option("--projections/--no-projections", "run_projections", default=None,
+              help="Run the projection runner inside the server. Default: on for SQLite; on PostgreSQL run "
+                   "`loyalty projections run` as its own process instead.")
+def serve(host: str, port: int, workers: int, threads: int, run_projections: bool | None) -> None:
     """Serve the HTTP API with gunicorn (creates the schema first)."""
     from api.serve import serve as run_server
 
@@ -94,9 +99,13 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         click.echo(f"No LOYALTY_ADMIN_KEY set; this run's admin key is: {config.admin_key}", err=True)
     else:
         click.echo("Admin key: the value of LOYALTY_ADMIN_KEY", err=True)
+    if run_projections is None:
+        run_projections = config.database.kind == "sqlite"
     click.echo(f"Serving on http://{host}:{port} ({workers} workers x {threads} threads), "
-               f"data in the {config.database.describe()}; docs at /docs", err=True)
-    run_server(config, host, port, workers, threads)
+               f"data in the {config.database.describe()}; projections "
+               f"{'run in the server' if run_projections else 'not run here (loyalty projections run)'}; "
+               f"docs at /docs", err=True)
+    run_server(config, host, port, workers, threads, run_projections)
 
 
 @main.group()
@@ -123,6 +132,130 @@ def create_key(role: str, partner_id: str | None, name: str | None) -> None:
     click.echo(outcome.body["key"])
     click.echo(f"key_id {outcome.body['key_id']}, role {role}" + (f", partner {partner_id}" if partner_id else ""),
                err=True)
+
+
+def open_read_model() -> Any:
+    from infrastructure.bootstrap import build_ledger, build_read_model
+
+    config = load_config()
+    if config.database.kind == "memory":
+        raise click.ClickException("projections need a SQLite or PostgreSQL database")
+    ledger = build_ledger(config)
+    return build_read_model(config, ledger)
+
+
+@main.group()
+def projections() -> None:
+    """The read models built from the event log."""
+
+
+@projections.command("run")
+@click.option("--once", is_flag=True, help="Catch up and exit instead of following new events.")
+def run_projections(once: bool) -> None:
+    """Apply new events to the projections, in batches; follows the log until interrupted."""
+    import signal
+    import threading
+
+    from infrastructure.logging import configure_logging
+
+    model = open_read_model()
+    configure_logging(load_config().log_format)
+    if once:
+        click.echo(f"applied {model.runner.catch_up():,} events")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    click.echo(f"following the event log in the {load_config().database.describe()}", err=True)
+    model.runner.run_forever(stop)
+
+
+@projections.command("status")
+def projections_status() -> None:
+    """Each projection's position, the head of the log, and the lag."""
+    model = open_read_model()
+    for status in model.runner.status():
+        flag = "  (rebuilding)" if status.rebuilding else ""
+        click.echo(f"{status.name:<12} position {status.position:>12,}  head {status.head:>12,}  lag {status.lag:>10,}{flag}")
+
+
+@projections.command("rebuild")
+@click.argument("name", required=False)
+def rebuild_projections(name: str | None) -> None:
+    """Rebuild one projection (or all) from position zero; the API keeps serving meanwhile."""
+    model = open_read_model()
+    known = [p.name for p in model.runner.projections]
+    if name is not None and name not in known:
+        raise click.ClickException(f"no projection {name!r}; known: {', '.join(known)}")
+    head = model.runner.head()
+    with click.progressbar(length=head, label=f"Rebuilding {name or 'all projections'}", show_pos=True) as bar:
+        applied = model.runner.rebuild([name] if name else None, on_progress=bar.update)
+    click.echo(f"rebuilt {name or 'all projections'} from {applied:,} events")
+
+
+@main.command()
+@click.option("--program", "program_id", help="Only this program.")
+def reconcile(program_id: str | None) -> None:
+    """Prove the projections equal a fresh replay of the event log; exit 1 on any difference."""
+    model = open_read_model()
+    model.runner.catch_up()
+    report = model.reconcile(program_id)
+    click.echo(f"members {report['members']:,}; totals: event log {report['event_log_total']:,}, "
+               f"projected lots {report['projection_total']:,}, member roll-forward {report['members_total']:,}, "
+               f"liability roll-forward {report['liability_total']:,}")
+    for difference in report["differences"][:50]:
+        click.echo(f"DIFFERENCE {json.dumps(difference, default=str)}")
+    if not report["ok"]:
+        raise click.ClickException(f"reconciliation failed: {len(report['differences'])} member(s) differ"
+                                   if report["differences"] else "reconciliation failed: the totals differ")
+    click.echo("ok: every projection equals the event log")
+
+
+@main.group()
+def audit() -> None:
+    """Tamper evidence: the hash chain over every stored event."""
+
+
+@audit.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Print the chain's head as JSON: keep it somewhere the database's owner cannot edit."""
+    model = open_read_model()
+    model.runner.catch_up()
+    click.echo(json.dumps(model.checkpoint()))
+
+
+@audit.command("verify")
+@click.option("--checkpoint", "checkpoint_file", type=click.File("r"), help="A checkpoint JSON kept earlier.")
+def audit_verify(checkpoint_file: Any) -> None:
+    """Recompute the chain from the stored events; name the first position that does not match."""
+    model = open_read_model()
+    model.runner.catch_up()
+    against = None
+    if checkpoint_file is not None:
+        try:
+            saved = json.load(checkpoint_file)
+            against = (int(saved["position"]), str(saved["hash"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise click.ClickException(f"not a checkpoint file: {error}") from None
+    result = model.verify(against)
+    if not result.ok:
+        raise click.ClickException(f"tampering detected at position {result.first_bad_position}: {result.reason} "
+                                   f"(verified through {result.verified_through})")
+    click.echo(f"ok: verified through position {result.verified_through}")
+
+
+@audit.command("export")
+@click.option("--member", "member_id", required=True)
+@click.option("--output", type=click.File("w"), default="-", show_default=True)
+def audit_export(member_id: str, output: Any) -> None:
+    """Write a member's history as JSON lines, each event with its hash."""
+    model = open_read_model()
+    model.runner.catch_up()
+    try:
+        for line in model.export_member(member_id):
+            output.write(line + "\n")
+    except (DomainError, ApplicationError) as error:
+        raise click.ClickException(error.detail) from None
 
 
 if __name__ == "__main__":

@@ -386,3 +386,58 @@ class HealthSchema(Schema):
     status = fields.String()
     database = fields.String()
     events = fields.Integer()
+
+
+# ---- audit and proofs -------------------------------------------------------------------------
+
+class CheckpointSchema(Schema):
+    position = fields.Integer()
+    hash = fields.String(allow_none=True)
+    created_at = fields.String()
+
+
+class VerifyRequestSchema(StrictSchema):
+    position = fields.Integer(strict=True, validate=validate.Range(min=1))
+    hash = fields.String(validate=validate.Regexp(r"^[0-9a-f]{64}$"))
+
+    @validates_schema
+    def both_or_neither(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("position" in data) != ("hash" in data):
+            raise ValidationError("Give both position and hash, or neither.", "position")
+
+
+class VerificationSchema(Schema):
+    ok = fields.Boolean()
+    verified_through = fields.Integer()
+    first_bad_position = fields.Integer(allow_none=True)
+    reason = fields.String(allow_none=True)
+
+
+class ReconciliationQuerySchema(StrictSchema):
+    program_id = fields.String(validate=validate.Regexp(SLUG))
+
+
+class ReconciliationSchema(Schema):
+    ok = fields.Boolean()
+    program_id = fields.String(allow_none=True)
+    members = fields.Integer()
+    event_log_total = fields.Integer()
+    projection_total = fields.Integer()
+    members_total = fields.Integer()
+    liability_total = fields.Integer()
+    differences = fields.List(fields.Dict())
+    checked_at = fields.String()
+
+
+class ProjectionStatusSchema(Schema):
+    name = fields.String()
+    position = fields.Integer()
+    lag = fields.Integer()
+    rebuilding = fields.Boolean()
+
+
+class ReadinessSchema(Schema):
+    ready = fields.Boolean()
+    head = fields.Integer()
+    lag = fields.Integer()
+    projections = fields.List(fields.Nested(ProjectionStatusSchema))

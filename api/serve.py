@@ -12,8 +12,9 @@ from infrastructure.config import Config
 class LedgerServer(BaseApplication):
     """Each worker builds its own app and ledger after the fork (no shared pools)."""
 
-    def __init__(self, config: Config, options: dict[str, Any]) -> None:
+    def __init__(self, config: Config, options: dict[str, Any], run_projections: bool) -> None:
         self.config_object = config
+        self.run_projections = run_projections
         self.options = options
         super().__init__()
 
@@ -25,14 +26,25 @@ class LedgerServer(BaseApplication):
         from api.app import create_app
         from infrastructure.logging import configure_logging
 
+        from infrastructure.bootstrap import build_ledger, build_read_model
+        from projections.runner import start_in_background
+
         configure_logging(self.config_object.log_format)
-        return create_app(self.config_object)
+        ledger = build_ledger(self.config_object, create_schema=False)
+        read_model = build_read_model(self.config_object, ledger, create_tables=False)
+        if self.run_projections and read_model is not None:
+            # Every worker runs a runner; the locked position row makes them take turns.
+            start_in_background(ledger, read_model.store)
+        return create_app(self.config_object, ledger, read_model)
 
 
-def serve(config: Config, host: str, port: int, workers: int, threads: int) -> None:
-    from infrastructure.bootstrap import build_ledger
+def serve(config: Config, host: str, port: int, workers: int, threads: int, run_projections: bool) -> None:
+    from infrastructure.bootstrap import build_ledger, build_read_model
 
-    build_ledger(config, create_schema=True).close()  # DDL once: concurrent DDL fails on PostgreSQL
+    # DDL once, before the workers start: concurrent DDL fails on PostgreSQL.
+    ledger = build_ledger(config, create_schema=True)
+    build_read_model(config, ledger, create_tables=True)
+    ledger.close()
     LedgerServer(config, {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -43,4 +55,4 @@ def serve(config: Config, host: str, port: int, workers: int, threads: int) -> N
         "graceful_timeout": 10,
         "accesslog": None,  # the app logs each request as a structlog JSON line
         "loglevel": "warning",
-    }).run()
+    }, run_projections).run()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,11 @@ class Lot:
         return self.remaining > 0 and self.state_at(moment) == AVAILABLE
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: that deep-copies every value, and the fields are immutable.
+        return {name: getattr(self, name) for name in _LOT_FIELDS}
+
+
+_LOT_FIELDS = tuple(f.name for f in fields(Lot))
 
 
 def spend_oldest_first(lots: list[Lot], points: int, moment: datetime) -> list[list[Any]]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from application.ledger import Clock, Ledger, utc_now
 from infrastructure.config import Config
+
+if TYPE_CHECKING:
+    from projections.read_model import ReadModel
 
 
 def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = utc_now,
@@ -21,3 +26,18 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
     return Ledger(env=env, clock=clock)
 
+
+
+def build_read_model(config: Config, ledger: Ledger, *, create_tables: bool = True) -> ReadModel | None:
+    """The projections' store and queries on the ledger's database; None for the in-memory store."""
+    from projections.read_model import ReadModel
+    from projections.runner import ProjectionRunner
+    from projections.store import open_store
+
+    database = config.database
+    if database.kind == "memory":
+        return None
+    runner = ProjectionRunner(ledger, open_store(database))
+    if create_tables:
+        runner.create_tables()
+    return ReadModel(ledger, runner)

@@ -14,6 +14,11 @@ def ledger() -> Ledger:
     return current_app.extensions["ledger"]
 
 
+def reads() -> Any:
+    """Where member reads come from: the projections when the deployment has them."""
+    return current_app.extensions.get("read_model") or ledger()
+
+
 def respond(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
     """The outcome's body and status; a replay says so in a header."""
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}

@@ -1,0 +1,170 @@
+"""Member summaries, their lots, and the card index.
+
+Every member event records exactly what it did to which lot (the domain applies the same
+figures), so a batch is folded into per-lot and per-member deltas in memory and written with a
+few set-based statements. Balances by state (available, pending, due) are summed from the lots
+at read time, because they move with time. The reconciliation check proves these rows equal a
+fresh replay of the event store.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from domain.member import Member
+from domain.receipts import CardRegistration
+from projections.base import Projection, Stored
+from projections.store import Transaction, db_time
+
+LIFETIME = ("earned", "redeemed", "expired", "reversed", "adjusted")
+
+
+def issuer_of_source(source: str) -> str:
+    """The partner whose purchase created a lot ('' for program-issued adjustment lots)."""
+    kind, _, rest = source.partition(":")
+    return rest.partition(":")[0] if kind == "purchase" else ""
+
+
+class MemberProjection(Projection):
+    name = "members"
+    tables = ("member_lots", "member_summaries", "card_index")
+
+    def ddl(self, store: Any) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS member_summaries (
+                member_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL UNIQUE, program_id TEXT NOT NULL,
+                card_number TEXT, name TEXT, email TEXT, birthday TEXT, enrolled_at TEXT NOT NULL,
+                tier TEXT NOT NULL, tier_since TEXT NOT NULL, version BIGINT NOT NULL,
+                earned BIGINT NOT NULL DEFAULT 0, redeemed BIGINT NOT NULL DEFAULT 0,
+                expired BIGINT NOT NULL DEFAULT 0, reversed BIGINT NOT NULL DEFAULT 0,
+                adjusted BIGINT NOT NULL DEFAULT 0)""",
+            "CREATE INDEX IF NOT EXISTS member_summaries_program ON member_summaries (program_id)",
+            """CREATE TABLE IF NOT EXISTS member_lots (
+                member_id TEXT NOT NULL, lot_id TEXT NOT NULL, program_id TEXT NOT NULL, issuer TEXT NOT NULL,
+                points BIGINT NOT NULL, earned_at TEXT NOT NULL, available_at TEXT NOT NULL,
+                expires_at TEXT, remaining BIGINT NOT NULL, PRIMARY KEY (member_id, lot_id))""",
+            "CREATE INDEX IF NOT EXISTS member_lots_program ON member_lots (program_id, issuer)",
+            """CREATE TABLE IF NOT EXISTS card_index (
+                program_id TEXT NOT NULL, card_number TEXT NOT NULL, member_id TEXT NOT NULL,
+                PRIMARY KEY (program_id, card_number))""",
+        ]
+
+    def apply(self, tx: Transaction, batch: list[Stored], context: Any) -> None:
+        fold = _Fold(tx)
+        for stored in batch:
+            event = stored.event
+            if isinstance(event, CardRegistration.CardRegistered):
+                fold.cards.append((event.program_id, event.card_number, event.member_id))
+            elif isinstance(event, Member.Event):
+                fold.add(event)
+        fold.write()
+
+
+class _Fold:
+    """A batch's member events folded into new rows and deltas."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        self.cards: list[tuple[str, str, str]] = []
+        self.enrolled: dict[str, Member.MemberEnrolled] = {}
+        self.members: dict[str, tuple[str, str]] = {}  # originator -> (member_id, program_id)
+        self.lifetime: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(LIFETIME, 0))
+        self.version: dict[str, int] = {}
+        self.tier: dict[str, tuple[str, str]] = {}
+        self.new_lots: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lot_delta: dict[tuple[str, str], int] = defaultdict(int)
+
+    def add(self, event: Member.Event) -> None:
+        originator = str(event.originator_id)
+        self.version[originator] = event.originator_version
+        life = self.lifetime[originator]
+        if isinstance(event, Member.MemberEnrolled):
+            self.enrolled[originator] = event
+            self.members[originator] = (event.member_id, event.program_id)
+        elif isinstance(event, Member.PointsAccrued):
+            self.new_lot(originator, event.lot_id, f"purchase:{event.purchase}", event.points,
+                         event.occurred_at, event.available_at, event.expires_at)
+            life["earned"] += event.points
+        elif isinstance(event, Member.AccrualReversed):
+            taken = event.from_remaining + event.clawback
+            self.lot_delta[(originator, event.lot_id)] -= taken
+            life["reversed"] += taken
+        elif isinstance(event, Member.PointsRedeemed):
+            for lot_id, points in event.consumed:
+                self.lot_delta[(originator, lot_id)] -= points
+            life["redeemed"] += event.points
+        elif isinstance(event, Member.RedemptionCancelled):
+            for lot_id, points in event.restored:
+                self.lot_delta[(originator, lot_id)] += points
+            back_expired = sum(points for _, points in event.restored_expired)
+            life["redeemed"] -= sum(points for _, points in event.restored) + back_expired
+            life["expired"] += back_expired
+        elif isinstance(event, Member.PointsExpired):
+            for lot_id, points in event.expired:
+                self.lot_delta[(originator, lot_id)] -= points
+            life["expired"] += sum(points for _, points in event.expired)
+        elif isinstance(event, Member.PointsAdjusted):
+            if event.lot is not None:
+                lot = event.lot
+                self.new_lot(originator, lot["lot_id"], lot["source"], lot["points"], lot["earned_at"],
+                             lot["available_at"], lot["expires_at"])
+            for lot_id, points in event.consumed:
+                self.lot_delta[(originator, lot_id)] -= points
+            life["adjusted"] += event.points
+        elif isinstance(event, Member.TierChanged):
+            self.tier[originator] = (event.to_tier, db_time(event.occurred_at) or "")
+
+    def new_lot(self, originator: str, lot_id: str, source: str, points: int, earned_at: Any,
+                available_at: Any, expires_at: Any) -> None:
+        self.new_lots[(originator, lot_id)] = {
+            "issuer": issuer_of_source(source), "points": points, "earned_at": db_time(earned_at),
+            "available_at": db_time(available_at), "expires_at": db_time(expires_at),
+        }
+
+    def member(self, originator: str) -> tuple[str, str]:
+        return self.members[originator]
+
+    def _look_up_members(self) -> None:
+        unknown = sorted(set(self.version) - set(self.members))
+        for offset in range(0, len(unknown), 500):
+            chunk = unknown[offset:offset + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            for originator, member_id, program_id in self.tx.execute(
+                    f"SELECT originator_id, member_id, program_id FROM member_summaries WHERE originator_id IN ({marks})",
+                    chunk):
+                self.members[originator] = (member_id, program_id)
+        missing = set(self.version) - set(self.members)
+        if missing:
+            raise LookupError(f"events for members never enrolled in the projection: {sorted(missing)[:3]}")
+
+    def write(self) -> None:
+        tx = self.tx
+        tx.executemany(
+            "INSERT INTO card_index (program_id, card_number, member_id) VALUES (%s, %s, %s)"
+            " ON CONFLICT (program_id, card_number) DO UPDATE SET member_id = excluded.member_id", self.cards)
+        tx.executemany(
+            """INSERT INTO member_summaries (member_id, originator_id, program_id, card_number, name, email, birthday,
+                   enrolled_at, tier, tier_since, version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [(e.member_id, o, e.program_id, e.card_number, e.name, e.email, e.birthday, db_time(e.occurred_at),
+              e.tier, db_time(e.occurred_at), e.originator_version) for o, e in self.enrolled.items()])
+        self._look_up_members()
+        tx.executemany(
+            """UPDATE member_summaries SET version = %s, earned = earned + %s, redeemed = redeemed + %s,
+                   expired = expired + %s, reversed = reversed + %s, adjusted = adjusted + %s
+               WHERE originator_id = %s""",
+            [(self.version[o], *(self.lifetime[o][k] for k in LIFETIME), o) for o in self.version])
+        tx.executemany("UPDATE member_summaries SET tier = %s, tier_since = %s WHERE originator_id = %s",
+                       [(tier, since, o) for o, (tier, since) in self.tier.items()])
+        rows = []
+        for (originator, lot_id), lot in self.new_lots.items():
+            member_id, program_id = self.member(originator)
+            remaining = lot["points"] + self.lot_delta.pop((originator, lot_id), 0)
+            rows.append((member_id, lot_id, program_id, lot["issuer"], lot["points"], lot["earned_at"],
+                         lot["available_at"], lot["expires_at"], remaining))
+        tx.executemany(
+            """INSERT INTO member_lots (member_id, lot_id, program_id, issuer, points, earned_at, available_at,
+                   expires_at, remaining) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""", rows)
+        tx.executemany(
+            "UPDATE member_lots SET remaining = remaining + %s WHERE member_id = %s AND lot_id = %s",
+            [(delta, self.member(o)[0], lot_id) for (o, lot_id), delta in self.lot_delta.items() if delta])

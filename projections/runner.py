@@ -1,0 +1,192 @@
+"""The projection runner: reads stored events after each projection's position, in batches,
+and applies each batch together with the new position in one transaction.
+
+Exactly once across crashes: the position row is locked (PostgreSQL: SELECT ... FOR UPDATE;
+SQLite: BEGIN IMMEDIATE) before the events after it are read, so two runners never apply the
+same events, and a crash rolls back rows and position together. Never skips: notification ids
+are assigned in commit order (the library's table lock serialises writers on PostgreSQL, and
+SQLite has one writer at a time); ids may have gaps from rolled-back inserts, which is fine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timezone
+from typing import Any
+
+import structlog
+
+from application.ledger import Ledger
+from projections.audit import AuditProjection
+from projections.base import Projection, Stored
+from projections.liability import LiabilityProjection
+from projections.members import MemberProjection
+from projections.postings import PostingsProjection
+from projections.store import ProjectionStore, open_store
+
+log = structlog.get_logger("loyalty.projections")
+
+
+def all_projections() -> list[Projection]:
+    return [MemberProjection(), PostingsProjection(), AuditProjection(), LiabilityProjection()]
+
+
+class Context:
+    """What projections share while applying a batch."""
+
+    utc = timezone.utc
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    position: int
+    head: int
+    rebuilding: bool
+
+    @property
+    def lag(self) -> int:
+        return max(self.head - self.position, 0)
+
+
+class ProjectionRunner:
+    def __init__(self, ledger: Ledger, store: ProjectionStore, projections: list[Projection] | None = None,
+                 batch_size: int = 5000) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.projections = projections if projections is not None else all_projections()
+        self.batch_size = batch_size
+        self.context = Context(ledger)
+
+    # ---- schema and status ----------------------------------------------------------------
+
+    def create_tables(self) -> None:
+        with self.store.transaction() as tx:
+            tx.execute("""CREATE TABLE IF NOT EXISTS projection_positions (
+                              name TEXT PRIMARY KEY, position BIGINT NOT NULL, rebuilding INTEGER NOT NULL DEFAULT 0)""")
+            for projection in self.projections:
+                for statement in projection.ddl(self.store):
+                    tx.execute(statement)
+                tx.execute("INSERT INTO projection_positions (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
+                           (projection.name,))
+
+    def head(self) -> int:
+        return self.ledger.recorder.max_notification_id() or 0
+
+    def status(self) -> list[Status]:
+        head = self.head()
+        rows = {name: (position, bool(rebuilding)) for name, position, rebuilding in
+                self.store.query("SELECT name, position, rebuilding FROM projection_positions")}
+        return [Status(p.name, rows.get(p.name, (0, False))[0], head, rows.get(p.name, (0, False))[1])
+                for p in self.projections]
+
+    # ---- applying -------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Applies the next batch to every projection that is behind, in one transaction with
+        their new positions; returns how many stored events were read."""
+        names = [p.name for p in self.projections]
+        with self.store.transaction() as tx:
+            lock = " FOR UPDATE" if self.store.kind == "postgresql" else ""
+            marks = ", ".join(["%s"] * len(names))
+            positions = dict(tx.execute(
+                f"SELECT name, position FROM projection_positions WHERE name IN ({marks}){lock}", names))
+            start = min(positions[name] for name in names)
+            notifications = self.ledger.recorder.select_notifications(
+                start=start, limit=self.batch_size, inclusive_of_start=False)
+            if not notifications:
+                return 0
+            batch = [Stored(n, self.ledger.mapper.to_domain_event(n)) for n in notifications]
+            for projection in self.projections:
+                position = positions[projection.name]
+                behind = batch if position == start else [s for s in batch if s.position > position]
+                if behind:
+                    projection.apply(tx, behind, self.context)
+                    tx.execute("UPDATE projection_positions SET position = %s, rebuilding = 0 WHERE name = %s",
+                               (notifications[-1].id, projection.name))
+            return len(notifications)
+
+    def catch_up(self, on_progress: Callable[[int], None] = lambda applied: None) -> int:
+        total = 0
+        while True:
+            applied = self.run_once()
+            if not applied:
+                return total
+            total += applied
+            on_progress(applied)
+
+    def rebuild(self, names: list[str] | None = None, on_progress: Callable[[int], None] = lambda n: None) -> int:
+        """Empties the named projections and replays every stored event into them. Readers see
+        `rebuilding` meanwhile and read members from the event store instead."""
+        chosen = [p for p in self.projections if names is None or p.name in names]
+        with self.store.transaction() as tx:
+            for projection in chosen:
+                projection.reset(tx)
+                tx.execute("UPDATE projection_positions SET position = 0, rebuilding = 1 WHERE name = %s",
+                           (projection.name,))
+        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
+        return runner.catch_up(on_progress)
+
+    # ---- running --------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event, poll_interval: float = 0.2) -> None:
+        """Catches up, then waits for new events: woken by PostgreSQL's NOTIFY, or polling SQLite."""
+        waiter = _Waiter(self.ledger, self.store, poll_interval)
+        try:
+            while not stop.is_set():
+                try:
+                    if self.catch_up():
+                        continue
+                except Exception:  # noqa: BLE001 - a failed batch rolled back; log it and retry
+                    log.exception("projection batch failed; will retry")
+                    stop.wait(1.0)
+                    continue
+                waiter.wait(stop)
+        finally:
+            waiter.close()
+
+
+class _Waiter:
+    def __init__(self, ledger: Ledger, store: ProjectionStore, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+        self.connection: Any = None
+        if store.kind == "postgresql":
+            import psycopg
+            from psycopg import sql
+
+            self.connection = psycopg.connect(store.conninfo, autocommit=True)  # type: ignore[attr-defined]
+            self.connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ledger.recorder.channel_name)))
+
+    def wait(self, stop: threading.Event) -> None:
+        if self.connection is None:
+            stop.wait(self.poll_interval)
+            return
+        # Woken by the recorder's NOTIFY on every insert; the timeout bounds a missed wake-up.
+        for _ in self.connection.notifies(timeout=1.0, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+def start_in_background(ledger: Ledger, store: ProjectionStore) -> tuple[threading.Thread, threading.Event]:
+    runner = ProjectionRunner(ledger, store)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run_forever, args=(stop,), name="projections", daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def open_runner(ledger: Ledger, database: Any) -> ProjectionRunner:
+    runner = ProjectionRunner(ledger, open_store(database))
+    runner.create_tables()
+    return runner
+
+
+__all__ = ["ProjectionRunner", "Status", "all_projections", "open_runner", "start_in_background"]

@@ -1,0 +1,149 @@
+"""Where projections keep their tables: the same database as the events (SQLite file or
+PostgreSQL schema), so rows and the position they were built to commit together."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from infrastructure.config import Database
+
+
+def db_time(moment: datetime | None) -> str | None:
+    """Times as fixed-width UTC text: sortable and comparable the same way in both databases."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_db_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+class Transaction(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class ProjectionStore:
+    """SQL written with %s placeholders and portable upserts (ON CONFLICT ... DO UPDATE)."""
+
+    kind: str
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
+    def close(self) -> None:
+        pass
+
+
+class _SqliteTransaction:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._connection.execute(sql.replace("%s", "?"), tuple(params)).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._connection.executemany(sql.replace("%s", "?"), [tuple(r) for r in rows])
+
+
+class SqliteStore(ProjectionStore):
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._local.connection = connection
+        return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        connection = self._connection()
+        # IMMEDIATE takes the write lock at once: a runner reads its position and applies the
+        # events after it without another runner slipping in between.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteTransaction(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+class _PostgresTransaction:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._cursor.execute(sql, tuple(params))
+        return self._cursor.fetchall() if self._cursor.description else []
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cursor.executemany(sql, [tuple(r) for r in rows])
+
+
+class PostgresStore(ProjectionStore):
+    kind = "postgresql"
+
+    def __init__(self, database: Database, pool_size: int = 4) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.conninfo = postgres_conninfo(database)
+        self._pool = ConnectionPool(self.conninfo, min_size=1, max_size=pool_size, open=True,
+                                    kwargs={"autocommit": False})
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+            yield _PostgresTransaction(cursor)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def postgres_conninfo(database: Database) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    options = f"-c search_path={database.schema}" if database.schema else None
+    params: dict[str, Any] = {"host": database.host, "port": database.port, "user": database.user,
+                              "dbname": database.dbname, "connect_timeout": 10}
+    if database.password:
+        params["password"] = database.password
+    if options:
+        params["options"] = options
+    return make_conninfo(**params)
+
+
+def open_store(database: Database) -> ProjectionStore:
+    if database.kind == "sqlite":
+        assert database.path is not None
+        return SqliteStore(str(database.path))
+    if database.kind == "postgresql":
+        return PostgresStore(database)
+    raise ValueError("projections need a SQLite file or PostgreSQL (not the in-memory store)")
