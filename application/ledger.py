@@ -193,7 +193,7 @@ class Ledger(Application):
                       known_at: datetime | None = None) -> dict[str, Any]:
         """Replays the member's stored events: effective time up to `as_of`, recorded by `known_at`."""
         moment = as_of or self.clock()
-        member = replay_member(self._member_events(member_id), as_of=moment, known_at=known_at)
+        member = self._member_as_of(member_id, moment, known_at)
         if member is None:
             raise NotFound(f"member {member_id!r} was not yet known at {rfc3339(known_at or moment)}")
         balance = member.balance_at(moment)
@@ -203,6 +203,19 @@ class Ledger(Application):
             "available": balance["available"], "pending": balance["pending"],
             "due_for_expiry": balance["due"], "tier": member.tier,
         }
+
+    def _member_as_of(self, member_id: str, as_of: datetime, known_at: datetime | None) -> Member | None:
+        """Replays from the newest snapshot all of whose facts happened by `as_of` and were
+        recorded by `known_at`, then the later events through the same filter."""
+        originator_id = member_id_to_uuid(member_id)
+        if self.snapshots is not None:
+            for snapshot in self.snapshots.get(originator_id, desc=True):
+                latest = snapshot.state.get("latest_occurred_at")
+                if latest is not None and latest <= as_of and (known_at is None or snapshot.timestamp <= known_at):
+                    start = snapshot.mutate(None)
+                    later = self.events.get(originator_id, gt=snapshot.originator_version)
+                    return replay_member(later, as_of=as_of, known_at=known_at, start=start)
+        return replay_member(self._member_events(member_id), as_of=as_of, known_at=known_at)
 
     def history(self, member_id: str, as_of: datetime | None = None) -> list[dict[str, Any]]:
         """Every stored event of the member, oldest first, with who caused it."""

@@ -44,6 +44,13 @@ class Member(Aggregate):
         actor: str
         occurred_at: datetime
 
+        def mutate(self, aggregate: Any) -> Any:
+            aggregate = super().mutate(aggregate)
+            # Snapshots whose facts all happened by an as-of time can seed an as-of replay.
+            if self.occurred_at > aggregate.latest_occurred_at:
+                aggregate.latest_occurred_at = self.occurred_at
+            return aggregate
+
     class MemberEnrolled(Event, Aggregate.Created):
         member_id: str
         program_id: str
@@ -237,6 +244,7 @@ class Member(Aggregate):
         self.email = email
         self.birthday = birthday
         self.enrolled_at = occurred_at
+        self.latest_occurred_at = occurred_at
         self.request_hash = request_hash
         self.tier = tier
         self.tier_since = occurred_at
@@ -500,13 +508,14 @@ class Member(Aggregate):
 
 
 def replay_member(events: Iterable[Member.Event], *, as_of: datetime | None = None,
-                  known_at: datetime | None = None) -> Member | None:
-    """The member as of an effective time, from what was recorded by `known_at`.
+                  known_at: datetime | None = None, start: Member | None = None) -> Member | None:
+    """The member as of an effective time, from what was recorded by `known_at`, optionally
+    continuing from `start` (a snapshot whose facts all happened by `as_of`).
 
     Every reference in an event points at facts with an earlier or equal effective time
     (a redemption spends lots already earned, a return follows its purchase), so applying
     the subset in recorded order gives a consistent state."""
-    member: Member | None = None
+    member = start
     for domain_event in events:
         if known_at is not None and domain_event.timestamp > known_at:
             continue
@@ -517,4 +526,5 @@ def replay_member(events: Iterable[Member.Event], *, as_of: datetime | None = No
             domain_event.apply(member)
             member.version = domain_event.originator_version
             member.modified_on = domain_event.timestamp
+            member.latest_occurred_at = max(member.latest_occurred_at, domain_event.occurred_at)
     return member

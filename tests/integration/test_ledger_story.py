@@ -241,3 +241,22 @@ def test_snapshots_and_replay_agree_for_a_long_lived_member(ledger: Ledger, cloc
     rebuilt = replay_member(list(ledger.events.get(live.id)))
     assert rebuilt is not None
     assert rebuilt.lots == live.lots and rebuilt.lifetime == live.lifetime
+
+
+def test_as_of_balances_from_snapshots_equal_full_replays(ledger: Ledger, clock: Clock) -> None:
+    # 130 purchases a day apart, then redemptions: snapshots exist at versions 100 and 200.
+    clock.now = START + timedelta(days=200)
+    ledger.execute_batch([purchase(f"t-{i}", "5", at=START + timedelta(days=i)) for i in range(130)])
+    ledger.execute_batch([Redeem(actor="pos", member_id="ann", redemption_id=f"r-{i}", points=7,
+                                 occurred_at=START + timedelta(days=131 + i)) for i in range(30)])
+    events = list(ledger.events.get(ledger.get_member("ann").id))
+    assert ledger.snapshots is not None and len(list(ledger.snapshots.get(events[0].originator_id))) >= 2
+    recorded = [e.timestamp for e in events]
+    for as_of in [START + timedelta(days=d, hours=1) for d in (0, 10, 49, 50, 99, 120, 140, 160, 199)]:
+        for known_at in (None, recorded[len(recorded) // 3], recorded[-40]):
+            expected = replay_member(events, as_of=as_of, known_at=known_at)
+            assert expected is not None
+            answer = ledger.balance_as_of("ann", as_of=as_of, known_at=known_at)
+            balance = expected.balance_at(as_of)
+            assert (answer["available"], answer["pending"], answer["tier"]) == (
+                balance["available"], balance["pending"], expected.tier), (as_of, known_at)
