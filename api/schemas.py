@@ -360,7 +360,8 @@ class AdjustmentSchema(Schema):
     adjustment_id = fields.String()
     member_id = fields.String()
     points = fields.Integer()
-    status = fields.String()
+    reason = fields.String()
+    status = fields.String(metadata={"enum": ["applied", "pending_approval"]})
     balance = fields.Nested(BalanceSchema)
     occurred_at = fields.String()
 
@@ -441,3 +442,61 @@ class ReadinessSchema(Schema):
     head = fields.Integer()
     lag = fields.Integer()
     projections = fields.List(fields.Nested(ProjectionStatusSchema))
+
+
+# ---- approvals and reversals ------------------------------------------------------------------
+
+class DecisionCreateSchema(StrictSchema):
+    note = fields.String(validate=validate.Length(max=2000), load_default="")
+
+
+class DecisionSchema(Schema):
+    adjustment_id = fields.String()
+    member_id = fields.String()
+    points = fields.Integer()
+    reason = fields.String()
+    status = fields.String(metadata={"enum": ["pending", "approved", "rejected"]})
+    requested_by = fields.String()
+    decided_by = fields.String(allow_none=True)
+    balance = fields.Nested(BalanceSchema)
+
+
+class AdjustmentQuerySchema(StrictSchema):
+    status = fields.String(validate=validate.OneOf(["pending", "approved", "rejected"]))
+
+
+class AdjustmentRequestSchema(Schema):
+    adjustment_id = fields.String()
+    member_id = fields.String()
+    program_id = fields.String()
+    points = fields.Integer()
+    reason = fields.String()
+    note = fields.String()
+    requested_by = fields.String()
+    occurred_at = fields.String()
+    requested_at = fields.String()
+    status = fields.String()
+    decided_by = fields.String(allow_none=True)
+    decided_at = fields.String(allow_none=True)
+    decision_note = fields.String(allow_none=True)
+
+
+class AdjustmentListSchema(Schema):
+    adjustments = fields.List(fields.Nested(AdjustmentRequestSchema))
+
+
+class ReversalCreateSchema(StrictSchema):
+    reversal_id = fields.String(required=True, validate=ID)
+    version = fields.Integer(strict=True, required=True, validate=validate.Range(min=1),
+                             metadata={"description": "The version of the member's event to reverse (see history)."})
+    note = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    occurred_at = Time()
+
+
+class ReversalSchema(Schema):
+    reversal_id = fields.String()
+    member_id = fields.String()
+    version = fields.Integer()
+    kind = fields.String(metadata={"enum": ["purchase", "redemption", "adjustment"]})
+    balance = fields.Nested(BalanceSchema)
+    occurred_at = fields.String()

@@ -123,6 +123,26 @@ class Adjust(Command):
 
 
 @dataclass(frozen=True)
+class DecideAdjustment(Command):
+    """A supervisor approves or rejects an adjustment that waits for approval."""
+
+    adjustment_id: str
+    approve: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ReverseEvent(Command):
+    """Support reverses one specific earlier event of a member (by its version), once."""
+
+    member_id: str
+    reversal_id: str
+    version: int
+    note: str
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ExpirePoints(Command):
     member_id: str
     as_of: datetime

@@ -20,6 +20,7 @@ from application.commands import (
     CancelRedemption,
     Command,
     CreateProgram,
+    DecideAdjustment,
     EnrolMember,
     ExpirePoints,
     Outcome,
@@ -27,12 +28,14 @@ from application.commands import (
     Redeem,
     RegisterPartner,
     ReturnPurchase,
+    ReverseEvent,
     ReviewTier,
     ReviseProgram,
 )
 from application.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
 from application.unit_of_work import UnitOfWork
 from application.views import balance_view, json_value, member_view, program_view, rfc3339
+from domain.adjustment_request import APPROVED, REJECTED, AdjustmentRequest
 from domain.calendar import require_aware
 from domain.errors import CurrencyMismatch, DomainError, UnknownPurchase
 from domain.identity import (
@@ -315,6 +318,8 @@ def cancel_redemption(uow: UnitOfWork, cmd: CancelRedemption, now: datetime) -> 
 
 
 def adjust(uow: UnitOfWork, cmd: Adjust, now: datetime) -> Outcome:
+    """Applies the adjustment, or, above the program's approval threshold, records it as a
+    request for a supervisor (202) without touching the balance."""
     check_identifier(cmd.adjustment_id, "adjustment_id")
     member = require_member(uow, cmd.member_id)
     key = [member.member_id, cmd.adjustment_id]
@@ -324,11 +329,69 @@ def adjust(uow: UnitOfWork, cmd: Adjust, now: datetime) -> Outcome:
     program = require_program(uow, member.program_id)
     occurred_at = effective_time(cmd.occurred_at, now)
     _, rules = program.rules_at(occurred_at)
+    member.check_can_adjust(adjustment_id=cmd.adjustment_id, points=cmd.points, reason=cmd.reason)
+    body = {"adjustment_id": cmd.adjustment_id, "member_id": member.member_id, "points": cmd.points,
+            "reason": cmd.reason, "occurred_at": rfc3339(occurred_at)}
+    if abs(cmd.points) > rules.adjustment_approval_threshold:
+        if uow.find(AdjustmentRequest, AdjustmentRequest.create_id(cmd.adjustment_id)) is not None:
+            raise Conflict(f"adjustment id {cmd.adjustment_id!r} is already awaiting or past approval")
+        uow.add(AdjustmentRequest(
+            adjustment_id=cmd.adjustment_id, member_id=member.member_id, program_id=member.program_id,
+            points=cmd.points, reason=cmd.reason, note=cmd.note, occurred_at=occurred_at,
+            threshold=rules.adjustment_approval_threshold, actor=cmd.actor))
+        body.update(status="pending_approval", balance=balance_view(member, now))
+        return issue_receipt(uow, "adjustment", key, "adjustment", member.member_id, cmd, body, status=202)
     member.adjust(adjustment_id=cmd.adjustment_id, points=cmd.points, reason=cmd.reason, note=cmd.note,
                   occurred_at=occurred_at, actor=cmd.actor, rules=rules)
-    body = {"adjustment_id": cmd.adjustment_id, "member_id": member.member_id, "points": cmd.points,
-            "status": "applied", "balance": balance_view(member, now), "occurred_at": rfc3339(occurred_at)}
+    body.update(status="applied", balance=balance_view(member, now))
     return issue_receipt(uow, "adjustment", key, "adjustment", member.member_id, cmd, body)
+
+
+def decide_adjustment(uow: UnitOfWork, cmd: DecideAdjustment, now: datetime) -> Outcome:
+    """Four eyes: a supervisor other than the requester approves (the member's PointsAdjusted is
+    saved with the approval) or rejects. Repeating one's own decision replays it."""
+    request = uow.find(AdjustmentRequest, AdjustmentRequest.create_id(cmd.adjustment_id))
+    if request is None:
+        raise NotFound(f"no adjustment {cmd.adjustment_id!r} awaiting approval")
+    member = require_member(uow, request.member_id)
+    decision = APPROVED if cmd.approve else REJECTED
+    if request.status == decision and request.decided_by == cmd.actor:
+        return Outcome(body=decision_view(request, member, now), status=200, replayed=True)
+    request.check_can_decide(cmd.actor)
+    if cmd.approve:
+        program = require_program(uow, member.program_id)
+        _, rules = program.rules_at(request.occurred_at)
+        member.check_can_adjust(adjustment_id=request.adjustment_id, points=request.points, reason=request.reason)
+        request.approve(actor=cmd.actor, note=cmd.note)
+        member.adjust(adjustment_id=request.adjustment_id, points=request.points, reason=request.reason,
+                      note=request.note, occurred_at=request.occurred_at, actor=request.requested_by,
+                      rules=rules, approved_by=cmd.actor)
+    else:
+        request.reject(actor=cmd.actor, note=cmd.note)
+    return Outcome(body=decision_view(request, member, now), status=200)
+
+
+def decision_view(request: AdjustmentRequest, member: Member, now: datetime) -> dict[str, Any]:
+    return {"adjustment_id": request.adjustment_id, "member_id": request.member_id, "points": request.points,
+            "reason": request.reason, "status": request.status, "requested_by": request.requested_by,
+            "decided_by": request.decided_by, "balance": balance_view(member, now)}
+
+
+def reverse_event(uow: UnitOfWork, cmd: ReverseEvent, now: datetime) -> Outcome:
+    check_identifier(cmd.reversal_id, "reversal_id")
+    member = require_member(uow, cmd.member_id)
+    key = [member.member_id, cmd.reversal_id]
+    replayed = replay(uow, "reversal", key, cmd)
+    if replayed is not None:
+        return replayed
+    program = require_program(uow, member.program_id)
+    occurred_at = effective_time(cmd.occurred_at, now)
+    _, rules = program.rules_at(occurred_at)
+    kind = member.reverse_event(version=cmd.version, reversal_id=cmd.reversal_id, note=cmd.note,
+                                occurred_at=occurred_at, actor=cmd.actor, rules=rules)
+    body = {"reversal_id": cmd.reversal_id, "member_id": member.member_id, "version": cmd.version, "kind": kind,
+            "balance": balance_view(member, now), "occurred_at": rfc3339(occurred_at)}
+    return issue_receipt(uow, "reversal", key, "reversal", member.member_id, cmd, body)
 
 
 # ---- jobs -----------------------------------------------------------------------------------
@@ -359,6 +422,8 @@ LEDGER_HANDLERS: dict[type, Handler] = {
     Redeem: redeem,
     CancelRedemption: cancel_redemption,
     Adjust: adjust,
+    DecideAdjustment: decide_adjustment,
+    ReverseEvent: reverse_event,
     ExpirePoints: expire_points,
     ReviewTier: review_tier,
 }

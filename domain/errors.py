@@ -69,3 +69,17 @@ class StoreNotInPartner(DomainError):
 
 class InvalidIdentifier(DomainError):
     slug = "validation-error"
+
+
+class UnknownEvent(DomainError):
+    slug = "not-found"
+
+
+class SelfApproval(DomainError):
+    """Four eyes: whoever requested an adjustment cannot decide it."""
+
+    slug = "forbidden"
+
+
+class AlreadyDecided(DomainError):
+    slug = "conflict"

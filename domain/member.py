@@ -24,6 +24,7 @@ from domain.errors import (
     InvalidAmount,
     ReturnExceedsPurchase,
     UnknownPurchase,
+    UnknownEvent,
     UnknownRedemption,
 )
 from domain.identity import member_id_to_uuid
@@ -84,6 +85,7 @@ class Member(Aggregate):
                 "occurred_at": self.occurred_at,
                 "points": self.points,
                 "lot_id": None,
+                "version": self.originator_version,
                 "returned": Decimal(0),
                 "returns": [],  # [[occurred_at, amount], ...]: a review as of a date counts only returns by then
                 "reversed_points": 0,
@@ -155,6 +157,7 @@ class Member(Aggregate):
                 "partner_id": self.partner_id,
                 "occurred_at": self.occurred_at,
                 "cancelled": False,
+                "version": self.originator_version,
             }
             member.lifetime["redeemed"] += self.points
 
@@ -192,6 +195,7 @@ class Member(Aggregate):
         note: str
         lot: dict[str, Any] | None
         consumed: list[list[Any]]
+        approved_by: str | None = None  # the supervisor, when the adjustment needed approval
 
         def apply(self, member: Member) -> None:
             if self.lot is not None:
@@ -199,8 +203,21 @@ class Member(Aggregate):
                 member.lot_sequence += 1
             for lot_id, points in self.consumed:
                 member.lots[lot_id].remaining -= points
-            member.adjustments[self.adjustment_id] = {"points": self.points, "reason": self.reason}
+            member.adjustments[self.adjustment_id] = {
+                "points": self.points, "reason": self.reason, "version": self.originator_version}
             member.lifetime["adjusted"] += self.points
+
+    class EventReversed(Event):
+        """Support reversed one specific earlier event (by its version) with the compensating
+        events just before this one; an event is reversed at most once."""
+
+        version: int
+        reversal_id: str
+        kind: str
+        note: str
+
+        def apply(self, member: Member) -> None:
+            member.reversals[str(self.version)] = self.reversal_id
 
     class TierChanged(Event):
         from_tier: str
@@ -255,6 +272,7 @@ class Member(Aggregate):
         self.redemptions: dict[str, dict[str, Any]] = {}
         self.adjustments: dict[str, dict[str, Any]] = {}
         self.expired_reversed: dict[str, int] = {}
+        self.reversals: dict[str, str] = {}  # version reversed -> reversal id
         self.lifetime = {"earned": 0, "redeemed": 0, "expired": 0, "reversed": 0, "adjusted": 0}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Member:
@@ -266,7 +284,7 @@ class Member(Aggregate):
         state["lots"] = {k: copy(lot) for k, lot in self.lots.items()}  # Lot fields are immutable values
         state["purchases"] = {k: {**v, "returns": list(v["returns"])} for k, v in self.purchases.items()}
         state["redemptions"] = {k: dict(v) for k, v in self.redemptions.items()}
-        for name in ("returns", "adjustments", "expired_reversed", "lifetime"):
+        for name in ("returns", "adjustments", "expired_reversed", "lifetime", "reversals"):
             state[name] = dict(state[name])
         clone.__dict__.update(state)
         return clone
@@ -401,18 +419,21 @@ class Member(Aggregate):
         self.trigger_event(self.PointsExpired, expired=due, occurred_at=as_of, actor=actor)
         return sum(points for _, points in due)
 
-    def adjust(
-        self, *, adjustment_id: str, points: int, reason: str, note: str, occurred_at: datetime,
-        actor: str, rules: Rules,
-    ) -> None:
-        require_aware(occurred_at, "occurred_at")
+    def check_can_adjust(self, *, adjustment_id: str, points: int, reason: str) -> None:
         if adjustment_id in self.adjustments:
             raise DuplicatePosting(f"adjustment {adjustment_id!r} already exists for this member")
         if reason not in ADJUSTMENT_REASONS:
             raise InvalidAmount(f"reason must be one of {', '.join(ADJUSTMENT_REASONS)}")
-        if points == 0:
-            raise InvalidAmount("points must be non-zero")
+        if isinstance(points, bool) or not isinstance(points, int) or points == 0:
+            raise InvalidAmount("points must be a non-zero integer")
         self.check_points(abs(points))
+
+    def adjust(
+        self, *, adjustment_id: str, points: int, reason: str, note: str, occurred_at: datetime,
+        actor: str, rules: Rules, approved_by: str | None = None,
+    ) -> None:
+        require_aware(occurred_at, "occurred_at")
+        self.check_can_adjust(adjustment_id=adjustment_id, points=points, reason=reason)
         lot: dict[str, Any] | None = None
         consumed: list[list[Any]] = []
         if points > 0:
@@ -425,8 +446,43 @@ class Member(Aggregate):
                 lot = self._new_lot(f"adjustment:{adjustment_id}", -shortfall, occurred_at, occurred_at, None)
         self.trigger_event(
             self.PointsAdjusted, adjustment_id=adjustment_id, points=points, reason=reason,
-            note=note, lot=lot, consumed=consumed, occurred_at=occurred_at, actor=actor,
+            note=note, lot=lot, consumed=consumed, occurred_at=occurred_at, actor=actor, approved_by=approved_by,
         )
+
+    def reverse_event(
+        self, *, version: int, reversal_id: str, note: str, occurred_at: datetime, actor: str, rules: Rules,
+    ) -> str:
+        """Reverses one specific earlier event, once: a purchase by returning what is left of it,
+        a redemption by cancelling it, an adjustment by the opposite adjustment."""
+        require_aware(occurred_at, "occurred_at")
+        if str(version) in self.reversals:
+            raise AlreadyReversed(f"the event at version {version} was already reversed by {self.reversals[str(version)]!r}")
+        kind, key = self._reversible_at(version)
+        if kind == "purchase":
+            purchase = self.purchases[key]
+            left = purchase["amount"] - purchase["returned"]
+            if left <= 0:
+                raise AlreadyReversed(f"purchase {purchase['transaction_id']!r} was already returned in full")
+            self.return_purchase(partner_id=purchase["partner_id"], transaction_id=f"reversal:{reversal_id}",
+                                 original_transaction_id=purchase["transaction_id"], amount=left,
+                                 occurred_at=max(occurred_at, purchase["occurred_at"]), actor=actor)
+        elif kind == "redemption":
+            self.cancel_redemption(redemption_id=key, occurred_at=max(occurred_at, self.redemptions[key]["occurred_at"]),
+                                   actor=actor)
+        else:
+            self.adjust(adjustment_id=f"reversal:{reversal_id}", points=-self.adjustments[key]["points"],
+                        reason="correction", note=note, occurred_at=occurred_at, actor=actor, rules=rules)
+        self.trigger_event(self.EventReversed, version=version, reversal_id=reversal_id, kind=kind, note=note,
+                           occurred_at=occurred_at, actor=actor)
+        return kind
+
+    def _reversible_at(self, version: int) -> tuple[str, str]:
+        for kind, index in (("purchase", self.purchases), ("redemption", self.redemptions),
+                            ("adjustment", self.adjustments)):
+            for key, entry in index.items():
+                if entry.get("version") == version:
+                    return kind, key
+        raise UnknownEvent(f"no purchase, redemption or adjustment at version {version} of this member")
 
     def review_tier(self, *, as_of: datetime, actor: str, revision: int, rules: Rules) -> str | None:
         """Re-qualifies the tier on the spend in the window ending `as_of`: the only way down."""

@@ -82,6 +82,22 @@ class ReadModel:
                                 (str(member_id_to_uuid(member_id)),))
         return {int(version): digest for version, digest in rows}
 
+    def adjustment_requests(self, status: str | None) -> list[dict[str, Any]]:
+        from projections.adjustments import COLUMNS
+
+        where, params = ("WHERE status = %s", (status,)) if status else ("", ())
+        rows = self.store.query(f"SELECT {', '.join(COLUMNS)} FROM adjustment_requests {where} ORDER BY requested_at",
+                                params)
+        requests = []
+        for row in rows:
+            request = dict(zip(COLUMNS, row))
+            for moment in ("occurred_at", "requested_at", "decided_at"):
+                if request[moment] is not None:
+                    request[moment] = rfc3339(from_db_time(request[moment]))  # type: ignore[arg-type]
+            request["points"] = int(request["points"])
+            requests.append(request)
+        return requests
+
     # ---- readiness --------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:

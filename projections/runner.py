@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from application.ledger import Ledger
+from projections.adjustments import AdjustmentsProjection
 from projections.audit import AuditProjection
 from projections.base import Projection, Stored
 from projections.liability import LiabilityProjection
@@ -30,7 +31,7 @@ log = structlog.get_logger("loyalty.projections")
 
 
 def all_projections() -> list[Projection]:
-    return [MemberProjection(), PostingsProjection(), AuditProjection(), LiabilityProjection()]
+    return [MemberProjection(), PostingsProjection(), AuditProjection(), LiabilityProjection(), AdjustmentsProjection()]
 
 
 class Context:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -12,13 +13,20 @@ from api.errors import Forbidden
 from api.routes import ledger, run
 from api.schemas import (
     AdjustmentCreateSchema,
+    AdjustmentListSchema,
+    AdjustmentQuerySchema,
     AdjustmentSchema,
+    DecisionCreateSchema,
+    DecisionSchema,
+    ReversalCreateSchema,
+    ReversalSchema,
     CancellationCreateSchema,
     CancellationSchema,
     RedemptionCreateSchema,
     RedemptionSchema,
 )
-from application.commands import Adjust, CancelRedemption, Redeem
+from application.commands import Adjust, CancelRedemption, DecideAdjustment, Redeem, ReverseEvent
+from application.errors import NotFound
 
 blp = Blueprint("redemptions", __name__, url_prefix="/v1", description="Redemptions and support corrections.")
 
@@ -64,6 +72,54 @@ class Adjustments(MethodView):
     @requires("support", "supervisor")
     @blp.arguments(AdjustmentCreateSchema)
     @blp.response(201, AdjustmentSchema)
+    @blp.alt_response(202, schema=AdjustmentSchema, description="Above the approval threshold: awaits a supervisor.")
     def post(self, body: dict[str, Any], member_id: str) -> Any:
-        """A signed correction with a reason code and a note, recorded with its actor."""
+        """A signed correction with a reason code and a note, recorded with its actor. Above the
+        program's approval threshold it waits for a supervisor (202) and changes no balance."""
         return run(Adjust(actor=current_principal().actor, member_id=member_id, **body))
+
+
+@blp.route("/adjustments")
+class AdjustmentQueue(MethodView):
+    @requires("supervisor", "support", "admin", "auditor")
+    @blp.arguments(AdjustmentQuerySchema, location="query")
+    @blp.response(200, AdjustmentListSchema)
+    def get(self, query: dict[str, Any]) -> Any:
+        """Adjustment requests, oldest first: `status=pending` is the supervisor's queue."""
+        model = current_app.extensions.get("read_model")
+        if model is None:
+            raise NotFound("this deployment has no projections (in-memory store)")
+        return {"adjustments": model.adjustment_requests(query.get("status"))}
+
+
+@blp.route("/adjustments/<string:adjustment_id>/approval")
+class AdjustmentApproval(MethodView):
+    @requires("supervisor")
+    @blp.arguments(DecisionCreateSchema)
+    @blp.response(200, DecisionSchema)
+    def post(self, body: dict[str, Any], adjustment_id: str) -> Any:
+        """Approve: the adjustment is applied with the approval, in one transaction. Never by the requester."""
+        return run(DecideAdjustment(actor=current_principal().actor, adjustment_id=adjustment_id, approve=True,
+                                    note=body["note"]))
+
+
+@blp.route("/adjustments/<string:adjustment_id>/rejection")
+class AdjustmentRejection(MethodView):
+    @requires("supervisor")
+    @blp.arguments(DecisionCreateSchema)
+    @blp.response(200, DecisionSchema)
+    def post(self, body: dict[str, Any], adjustment_id: str) -> Any:
+        """Reject: the balance never changes. Never by the requester."""
+        return run(DecideAdjustment(actor=current_principal().actor, adjustment_id=adjustment_id, approve=False,
+                                    note=body["note"]))
+
+
+@blp.route("/members/<string:member_id>/reversals")
+class Reversals(MethodView):
+    @requires("support", "supervisor")
+    @blp.arguments(ReversalCreateSchema)
+    @blp.response(201, ReversalSchema)
+    def post(self, body: dict[str, Any], member_id: str) -> Any:
+        """Reverse one specific wrong event (a duplicate purchase, a mistaken redemption, an
+        adjustment) by its version in the member's history: compensating events, at most once."""
+        return run(ReverseEvent(actor=current_principal().actor, member_id=member_id, **body))
