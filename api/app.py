@@ -13,7 +13,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from api.problems import PROBLEM_JSON, from_http_exception, problem
-from api.routes import admin, audit, members, operations, postings, redemptions
+from api.routes import admin, audit, members, operations, postings, redemptions, reports
 from api.schemas import ProblemSchema
 from application.errors import ApplicationError
 from application.ledger import Ledger
@@ -73,7 +73,7 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
         "info": {"description": "The loyalty points ledger's HTTP API. Errors are application/problem+json."},
     })
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    for blueprint in (admin.blp, members.blp, postings.blp, redemptions.blp, operations.jobs, audit.audit,
+    for blueprint in (admin.blp, members.blp, postings.blp, redemptions.blp, operations.jobs, audit.audit, reports.blp,
                       operations.health, audit.ready):
         api.register_blueprint(blueprint)
 
@@ -97,7 +97,8 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
         g.started = time.perf_counter()
         if request.method in ("POST", "PUT", "PATCH") and request.content_length:
-            if request.mimetype != "application/json":
+            if request.mimetype != "application/json" and not (
+                    request.mimetype == "text/csv" and request.path == "/v1/reconciliations/partner-statements"):
                 return problem("unsupported-media-type", detail=f"got {request.mimetype or 'no content type'}")
         return None
 

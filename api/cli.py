@@ -193,10 +193,15 @@ def rebuild_projections(name: str | None) -> None:
     click.echo(f"rebuilt {name or 'all projections'} from {applied:,} events")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--program", "program_id", help="Only this program.")
-def reconcile(program_id: str | None) -> None:
-    """Prove the projections equal a fresh replay of the event log; exit 1 on any difference."""
+@click.pass_context
+def reconcile(context: click.Context, program_id: str | None) -> None:
+    """Prove the projections equal a fresh replay of the event log; exit 1 on any difference.
+
+    `loyalty reconcile partner FILE ...` reconciles a partner's statement instead."""
+    if context.invoked_subcommand is not None:
+        return
     model = open_read_model()
     model.runner.catch_up()
     report = model.reconcile(program_id)
@@ -209,6 +214,122 @@ def reconcile(program_id: str | None) -> None:
         raise click.ClickException(f"reconciliation failed: {len(report['differences'])} member(s) differ"
                                    if report["differences"] else "reconciliation failed: the totals differ")
     click.echo("ok: every projection equals the event log")
+
+
+def period_options(function: Any) -> Any:
+    function = click.option("--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]),
+                            help="Last day (UTC), included.")(function)
+    return click.option("--from", "start", required=True, type=click.DateTime(["%Y-%m-%d"]),
+                        help="First day (UTC), included.")(function)
+
+
+def emit(report: dict[str, Any], rows: list[dict[str, Any]], fmt: str) -> None:
+    from projections.reports import csv_rows
+
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+    elif fmt == "csv":
+        click.echo(csv_rows(rows), nl=False)
+    else:
+        from projections.reports import flatten
+
+        flat = [flatten(row) for row in rows]
+        columns = list(dict.fromkeys(key for row in flat for key in row))
+        widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in flat)) for c in columns}
+        click.echo("  ".join(c.ljust(widths[c]) for c in columns))
+        for row in flat:
+            click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def finance() -> Any:
+    from projections.reports import FinanceReports
+
+    model = open_read_model()
+    model.runner.catch_up()
+    return FinanceReports(model)
+
+
+def run_report(make: Any) -> Any:
+    try:
+        return make()
+    except (DomainError, ApplicationError) as error:
+        raise click.ClickException(error.detail) from None
+
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+
+
+@main.group()
+def report() -> None:
+    """Finance reports: liability, settlement, revenue."""
+
+
+@report.command("liability")
+@click.option("--program", "program_id", required=True)
+@period_options
+@click.option("--partner", "partner_id", help="Only points issued by this partner.")
+@click.option("--monthly", is_flag=True, help="Add a row per month.")
+@click.option("--chart", type=click.Path(dir_okay=False, writable=True), help="Also write an SVG chart by month.")
+@FORMAT
+def report_liability(program_id: str, start: datetime, end: datetime, partner_id: str | None, monthly: bool,
+                     chart: str | None, fmt: str) -> None:
+    """The points liability roll-forward, in points and currency."""
+    from projections.reports import Period, rollforward_svg
+
+    result = run_report(lambda: finance().liability(program_id, Period(start.date(), end.date()), partner_id,
+                                                     monthly or chart is not None))
+    rows = [{"period": f"{result['from']}..{result['to']}", "points": result["points"], "value": result["value"]}]
+    rows += [{"period": m["month"], "points": m["points"], "value": m["value"]} for m in result.get("months", [])]
+    emit(result, rows, fmt)
+    if chart:
+        Path(chart).write_text(rollforward_svg(result))
+        click.echo(f"chart written to {chart}", err=True)
+
+
+@report.command("settlement")
+@click.option("--program", "program_id", required=True)
+@period_options
+@FORMAT
+def report_settlement(program_id: str, start: datetime, end: datetime, fmt: str) -> None:
+    """Who owes whom for points earned at one partner and redeemed at another."""
+    from projections.reports import Period
+
+    result = run_report(lambda: finance().settlement(program_id, Period(start.date(), end.date())))
+    emit(result, result["lines"], fmt)
+
+
+@report.command("revenue")
+@click.option("--program", "program_id", required=True)
+@period_options
+@FORMAT
+def report_revenue(program_id: str, start: datetime, end: datetime, fmt: str) -> None:
+    """IFRS 15 / ASC 606 revenue and breakage of the points, per month."""
+    from projections.reports import Period
+
+    result = run_report(lambda: finance().revenue(program_id, Period(start.date(), end.date())))
+    total = {k: v for k, v in result.items() if k not in ("periods", "program_id", "currency")}
+    emit(result, [*result["periods"], {**total, "from": f"total {total['from']}"}], fmt)
+
+
+@reconcile.command("partner")
+@click.argument("statement", type=click.File("r"))
+@click.option("--partner", "partner_id", required=True)
+@period_options
+@FORMAT
+def reconcile_partner(statement: Any, partner_id: str, start: datetime, end: datetime, fmt: str) -> None:
+    """Match a partner's CSV statement (transaction_id,amount,occurred_at) with the ledger."""
+    from projections.reports import Period
+
+    result = run_report(lambda: finance().partner_statement(partner_id, Period(start.date(), end.date()),
+                                                            statement.read()))
+    rows = ([{"status": "matched", **r} for r in result["matched"]]
+            + [{"status": "missing_in_ledger", **r} for r in result["missing_in_ledger"]]
+            + [{"status": "missing_in_statement", **r} for r in result["missing_in_statement"]]
+            + [{"status": "amount_mismatch", **r} for r in result["amount_mismatches"]])
+    emit(result, rows, fmt)
+    if fmt == "table":
+        for name, total in result["totals"].items():
+            click.echo(f"{name}: {total}")
 
 
 @main.group()

@@ -500,3 +500,104 @@ class ReversalSchema(Schema):
     kind = fields.String(metadata={"enum": ["purchase", "redemption", "adjustment"]})
     balance = fields.Nested(BalanceSchema)
     occurred_at = fields.String()
+
+
+# ---- finance reports --------------------------------------------------------------------------
+
+class PeriodQuerySchema(StrictSchema):
+    program_id = fields.String(required=True, validate=validate.Regexp(SLUG))
+    from_ = fields.Date(required=True, data_key="from", metadata={"description": "First day (UTC), included."})
+    to = fields.Date(required=True, metadata={"description": "Last day (UTC), included."})
+
+    @validates_schema
+    def ordered(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "from_" in data and "to" in data and data["to"] < data["from_"]:
+            raise ValidationError("Must not be before from.", "to")
+        if "from_" in data and "to" in data and (data["to"] - data["from_"]).days > 3660:
+            raise ValidationError("A period is at most ten years.", "to")
+
+
+class LiabilityQuerySchema(PeriodQuerySchema):
+    partner_id = fields.String(validate=validate.Regexp(SLUG))
+    monthly = fields.Boolean(load_default=False)
+
+
+class RollForwardSchema(Schema):
+    opening = fields.Raw()
+    earned = fields.Raw()
+    redeemed = fields.Raw()
+    expired = fields.Raw()
+    reversed = fields.Raw()
+    adjusted = fields.Raw()
+    closing = fields.Raw()
+
+
+class LiabilityMonthSchema(Schema):
+    month = fields.String()
+    from_ = fields.String(attribute="from", data_key="from")
+    to = fields.String()
+    points = fields.Nested(RollForwardSchema)
+    value = fields.Nested(RollForwardSchema)
+
+
+class LiabilitySchema(Schema):
+    program_id = fields.String()
+    partner_id = fields.String(allow_none=True)
+    from_ = fields.String(attribute="from", data_key="from")
+    to = fields.String()
+    currency = fields.String()
+    point_value = fields.String()
+    points = fields.Nested(RollForwardSchema)
+    value = fields.Nested(RollForwardSchema)
+    member_balances = fields.Integer()
+    closing_equals_member_balances = fields.Boolean()
+    months = fields.List(fields.Nested(LiabilityMonthSchema))
+
+
+class SettlementLineSchema(Schema):
+    issuer_partner_id = fields.String()
+    redeeming_partner_id = fields.String()
+    points = fields.Integer()
+    value = fields.String()
+
+
+class SettlementSchema(Schema):
+    program_id = fields.String()
+    from_ = fields.String(attribute="from", data_key="from")
+    to = fields.String()
+    currency = fields.String()
+    point_value = fields.String()
+    lines = fields.List(fields.Nested(SettlementLineSchema))
+
+
+class RevenuePeriodSchema(Schema):
+    from_ = fields.String(attribute="from", data_key="from")
+    to = fields.String()
+    allocated = fields.String()
+    recognised = fields.String()
+    cumulative_recognised = fields.String()
+    contract_liability = fields.String()
+    expected_redemption_rate = fields.String()
+
+
+class RevenueSchema(RevenuePeriodSchema):
+    program_id = fields.String()
+    currency = fields.String()
+    periods = fields.List(fields.Nested(RevenuePeriodSchema))
+
+
+class StatementQuerySchema(StrictSchema):
+    partner_id = fields.String(required=True, validate=validate.Regexp(SLUG))
+    from_ = fields.Date(required=True, data_key="from")
+    to = fields.Date(required=True)
+
+
+class StatementSchema(Schema):
+    partner_id = fields.String()
+    from_ = fields.String(attribute="from", data_key="from")
+    to = fields.String()
+    matched = fields.List(fields.Dict())
+    missing_in_ledger = fields.List(fields.Dict())
+    missing_in_statement = fields.List(fields.Dict())
+    amount_mismatches = fields.List(fields.Dict())
+    totals = fields.Dict()

@@ -29,7 +29,7 @@ from domain.errors import (
 )
 from domain.identity import member_id_to_uuid
 from domain.lots import AVAILABLE, DUE, PENDING, Lot, spend_oldest_first
-from domain.money import points_to_reverse
+from domain.money import allocate_to_points, points_to_reverse
 from domain.rules import Rules
 
 ADJUSTMENT_REASONS = ("goodwill", "missing_purchase", "duplicate_posting", "fraud", "correction")
@@ -63,6 +63,10 @@ class Member(Aggregate):
         request_hash: str
 
     class PurchaseRecorded(Event):
+        """Also records the IFRS 15 allocation of the price to the points (see money.allocate_to_points)."""
+
+        class_version = 2
+
         partner_id: str
         store_id: str
         transaction_id: str
@@ -74,6 +78,14 @@ class Member(Aggregate):
         tier: str
         multiplier: Decimal
         points: int
+        point_value: Decimal | None
+        expected_redemption_rate: Decimal | None
+        allocated_to_points: Decimal | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # Recorded before allocations were: unknown, never guessed.
+            state.update(point_value=None, expected_redemption_rate=None, allocated_to_points=None)
 
         def apply(self, member: Member) -> None:
             member.purchases[purchase_key(self.partner_id, self.transaction_id)] = {
@@ -308,7 +320,10 @@ class Member(Aggregate):
             self.PurchaseRecorded, partner_id=partner_id, store_id=store_id,
             transaction_id=transaction_id, amount=amount, currency=currency, items=items,
             revision=revision, earn_rate=rules.earn_rate, tier=tier.name,
-            multiplier=tier.multiplier, points=points, occurred_at=occurred_at, actor=actor,
+            multiplier=tier.multiplier, points=points, point_value=rules.point_value,
+            expected_redemption_rate=rules.expected_redemption_rate,
+            allocated_to_points=allocate_to_points(amount, points, rules.point_value, rules.expected_redemption_rate),
+            occurred_at=occurred_at, actor=actor,
         )
         if points > 0:
             self.trigger_event(

@@ -52,3 +52,13 @@ def points_to_reverse(points_earned: int, amount: Decimal, returned_before: Deci
         return int((points_earned * returned / amount).to_integral_value(rounding=ROUND_FLOOR))
 
     return reversed_at(returned_after) - reversed_at(returned_before)
+
+
+def allocate_to_points(amount: Decimal, points: int, point_value: Decimal, expected_redemption_rate: Decimal) -> Decimal:
+    """IFRS 15 / ASC 606: the price is split between the goods and the points by relative
+    stand-alone selling price. Points' SSP = points x point_value x expected redemption rate;
+    allocated = amount x SSP / (amount + SSP). Full precision: rounded only in reports."""
+    ssp = points * point_value * expected_redemption_rate
+    if ssp == 0:
+        return Decimal(0)
+    return amount * ssp / (amount + ssp)

@@ -24,6 +24,7 @@ class Stored:
 
 class Projection:
     name: str = ""
+    version: int = 1  # raise when the tables or their meaning change: the runner rebuilds it
     tables: tuple[str, ...] = ()
 
     def ddl(self, store: ProjectionStore) -> list[str]:
@@ -36,6 +37,10 @@ class Projection:
     def reset(self, tx: Transaction) -> None:
         for table in self.tables:
             tx.execute(f"DELETE FROM {table}")
+
+    def drop(self, tx: Transaction) -> None:
+        for table in self.tables:
+            tx.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def blob_type(store: ProjectionStore) -> str:

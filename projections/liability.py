@@ -5,6 +5,7 @@ whose purchase issued the lot it touches, so a partner's roll-forward closes on 
 from __future__ import annotations
 
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 from domain.member import Member
@@ -14,8 +15,13 @@ MOVEMENTS = ("earned", "redeemed", "expired", "reversed", "adjusted")
 
 
 class LiabilityProjection(Projection):
+    """Also the finance facts built on the same attribution: settlement flows (points issued by
+    one partner and redeemed at another) and IFRS 15 allocations of purchase prices to points."""
+
     name = "liability"
-    tables = ("liability_movements", "liability_lot_issuers")
+    version = 2
+    tables = ("liability_movements", "liability_lot_issuers", "redemption_flows", "liability_redemptions",
+              "revenue_allocations", "liability_purchases")
 
     def ddl(self, store: Any) -> list[str]:
         return [
@@ -28,6 +34,21 @@ class LiabilityProjection(Projection):
             """CREATE TABLE IF NOT EXISTS liability_lot_issuers (
                 originator_id TEXT NOT NULL, lot_id TEXT NOT NULL, program_id TEXT NOT NULL, issuer TEXT NOT NULL,
                 PRIMARY KEY (originator_id, lot_id))""",
+            # Points issued by `issuer` and redeemed at `redeemer` ('' = by support, no partner).
+            """CREATE TABLE IF NOT EXISTS redemption_flows (
+                program_id TEXT NOT NULL, issuer TEXT NOT NULL, redeemer TEXT NOT NULL, day TEXT NOT NULL,
+                points BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (program_id, issuer, redeemer, day))""",
+            """CREATE TABLE IF NOT EXISTS liability_redemptions (
+                originator_id TEXT NOT NULL, redemption_id TEXT NOT NULL, redeemer TEXT NOT NULL,
+                PRIMARY KEY (originator_id, redemption_id))""",
+            # One row per purchase or return: exact decimals, summed in Python, never in floats.
+            """CREATE TABLE IF NOT EXISTS revenue_allocations (
+                position BIGINT NOT NULL, program_id TEXT NOT NULL, day TEXT NOT NULL, allocated TEXT NOT NULL,
+                PRIMARY KEY (position, program_id))""",
+            "CREATE INDEX IF NOT EXISTS revenue_allocations_day ON revenue_allocations (program_id, day)",
+            """CREATE TABLE IF NOT EXISTS liability_purchases (
+                originator_id TEXT NOT NULL, purchase TEXT NOT NULL, amount TEXT NOT NULL, allocated TEXT NOT NULL,
+                PRIMARY KEY (originator_id, purchase))""",
         ]
 
     def apply(self, tx: Any, batch: list[Stored], context: Any) -> None:
@@ -58,6 +79,27 @@ class LiabilityProjection(Projection):
             if points:
                 totals[(program_of(originator), issuer, day)][movement] += points
 
+        flows: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        redeemers: dict[tuple[str, str], str] = {}
+        new_redeemers: list[tuple[str, str, str]] = []
+        purchases: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        new_purchases: list[tuple[str, str, str, str]] = []
+        allocations: list[tuple[int, str, str, str]] = []
+
+        def redeemer_of(originator: str, redemption_id: str) -> str:
+            if (originator, redemption_id) not in redeemers:
+                rows = tx.execute("SELECT redeemer FROM liability_redemptions WHERE originator_id = %s"
+                                  " AND redemption_id = %s", (originator, redemption_id))
+                redeemers[(originator, redemption_id)] = rows[0][0]
+            return redeemers[(originator, redemption_id)]
+
+        def purchase_of(originator: str, purchase: str) -> tuple[Decimal, Decimal]:
+            if (originator, purchase) not in purchases:
+                rows = tx.execute("SELECT amount, allocated FROM liability_purchases WHERE originator_id = %s"
+                                  " AND purchase = %s", (originator, purchase))
+                purchases[(originator, purchase)] = (Decimal(rows[0][0]), Decimal(rows[0][1]))
+            return purchases[(originator, purchase)]
+
         for stored in batch:
             event = stored.event
             if not isinstance(event, Member.Event):
@@ -74,16 +116,35 @@ class LiabilityProjection(Projection):
             elif isinstance(event, Member.AccrualReversed):
                 move(originator, issuer_of(originator, event.lot_id), day, "reversed",
                      event.from_remaining + event.clawback)
+            elif isinstance(event, Member.PurchaseRecorded):
+                allocated = event.allocated_to_points or Decimal(0)
+                key = f"{event.partner_id}:{event.transaction_id}"
+                purchases[(originator, key)] = (event.amount, allocated)
+                new_purchases.append((originator, key, str(event.amount), str(allocated)))
+                allocations.append((stored.position, program_of(originator), day, str(allocated)))
+            elif isinstance(event, Member.PurchaseReturned):
+                amount, allocated = purchase_of(originator, f"{event.partner_id}:{event.original_transaction_id}")
+                # A return takes back its share of the allocation, in proportion to the amount.
+                allocations.append((stored.position, program_of(originator), day, str(-allocated * event.amount / amount)))
             elif isinstance(event, Member.PointsRedeemed):
+                redeemer = event.partner_id or ""
+                redeemers[(originator, event.redemption_id)] = redeemer
+                new_redeemers.append((originator, event.redemption_id, redeemer))
                 for lot_id, points in event.consumed:
-                    move(originator, issuer_of(originator, lot_id), day, "redeemed", points)
+                    issuer = issuer_of(originator, lot_id)
+                    move(originator, issuer, day, "redeemed", points)
+                    flows[(program_of(originator), issuer, redeemer, day)] += points
             elif isinstance(event, Member.RedemptionCancelled):
+                redeemer = redeemer_of(originator, event.redemption_id)
                 for lot_id, points in event.restored:
-                    move(originator, issuer_of(originator, lot_id), day, "redeemed", -points)
+                    issuer = issuer_of(originator, lot_id)
+                    move(originator, issuer, day, "redeemed", -points)
+                    flows[(program_of(originator), issuer, redeemer, day)] -= points
                 for lot_id, points in event.restored_expired:
                     issuer = issuer_of(originator, lot_id)
                     move(originator, issuer, day, "redeemed", -points)
                     move(originator, issuer, day, "expired", points)
+                    flows[(program_of(originator), issuer, redeemer, day)] -= points
             elif isinstance(event, Member.PointsExpired):
                 for lot_id, points in event.expired:
                     move(originator, issuer_of(originator, lot_id), day, "expired", points)
@@ -97,6 +158,17 @@ class LiabilityProjection(Projection):
         tx.executemany(
             "INSERT INTO liability_lot_issuers (originator_id, lot_id, program_id, issuer) VALUES (%s, %s, %s, %s)",
             new_issuers)
+        tx.executemany("INSERT INTO liability_redemptions (originator_id, redemption_id, redeemer) VALUES (%s, %s, %s)",
+                       new_redeemers)
+        tx.executemany("INSERT INTO liability_purchases (originator_id, purchase, amount, allocated) VALUES (%s, %s, %s, %s)",
+                       new_purchases)
+        tx.executemany("INSERT INTO revenue_allocations (position, program_id, day, allocated) VALUES (%s, %s, %s, %s)",
+                       allocations)
+        tx.executemany(
+            """INSERT INTO redemption_flows (program_id, issuer, redeemer, day, points) VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (program_id, issuer, redeemer, day) DO UPDATE SET
+                   points = redemption_flows.points + excluded.points""",
+            [(*key, points) for key, points in flows.items() if points])
         tx.executemany(
             """INSERT INTO liability_movements (program_id, issuer, day, earned, redeemed, expired, reversed, adjusted)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)

@@ -67,14 +67,22 @@ class ProjectionRunner:
     # ---- schema and status ----------------------------------------------------------------
 
     def create_tables(self) -> None:
+        """Creates what is missing. A projection whose code version changed is dropped and
+        recreated at position zero: projections are disposable, the event log is the truth."""
         with self.store.transaction() as tx:
             tx.execute("""CREATE TABLE IF NOT EXISTS projection_positions (
-                              name TEXT PRIMARY KEY, position BIGINT NOT NULL, rebuilding INTEGER NOT NULL DEFAULT 0)""")
+                              name TEXT PRIMARY KEY, position BIGINT NOT NULL, rebuilding INTEGER NOT NULL DEFAULT 0,
+                              version INTEGER NOT NULL DEFAULT 1)""")
+            versions = dict(tx.execute("SELECT name, version FROM projection_positions"))
             for projection in self.projections:
+                if projection.name in versions and versions[projection.name] != projection.version:
+                    log.info("projection version changed; rebuilding", projection=projection.name)
+                    projection.drop(tx)
+                    tx.execute("DELETE FROM projection_positions WHERE name = %s", (projection.name,))
                 for statement in projection.ddl(self.store):
                     tx.execute(statement)
-                tx.execute("INSERT INTO projection_positions (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
-                           (projection.name,))
+                tx.execute("INSERT INTO projection_positions (name, position, version) VALUES (%s, 0, %s)"
+                           " ON CONFLICT (name) DO NOTHING", (projection.name, projection.version))
 
     def head(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
