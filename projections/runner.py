@@ -133,7 +133,16 @@ class ProjectionRunner:
         """Empties the named projections and replays every stored event into them. Readers see
         `rebuilding` meanwhile and read members from the event store instead."""
         chosen = [p for p in self.projections if names is None or p.name in names]
+        unknown = set(names or ()) - {p.name for p in chosen}
+        if unknown or not chosen:
+            raise ValueError(f"no such projection: {', '.join(sorted(unknown)) or '(none chosen)'}")
         with self.store.transaction() as tx:
+            if self.store.kind == "postgresql":
+                # Wait for a live runner's batch in flight: its rows must be visible to the
+                # deletes below, or they would survive the reset and be counted twice.
+                marks = ", ".join(["%s"] * len(chosen))
+                tx.execute(f"SELECT name FROM projection_positions WHERE name IN ({marks}) FOR UPDATE",
+                           [p.name for p in chosen])
             for projection in chosen:
                 projection.reset(tx)
                 tx.execute("UPDATE projection_positions SET position = 0, rebuilding = 1 WHERE name = %s",
