@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -66,6 +67,7 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
+    app.logger.disabled = True  # errors are logged once, as structlog JSON, by the handlers below
     app.extensions["ledger"] = ledger
     app.extensions["read_model"] = read_model
     api = LedgerApi(app, spec_kwargs={
@@ -97,9 +99,16 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
         g.started = time.perf_counter()
         if request.method in ("POST", "PUT", "PATCH") and request.content_length:
-            if request.mimetype != "application/json" and not (
-                    request.mimetype == "text/csv" and request.path == "/v1/reconciliations/partner-statements"):
+            if request.mimetype == "text/csv" and request.path == "/v1/reconciliations/partner-statements":
+                return None
+            if request.mimetype != "application/json":
                 return problem("unsupported-media-type", detail=f"got {request.mimetype or 'no content type'}")
+            try:
+                # Parsed once here so that hostile JSON (nesting deep enough to exhaust the stack,
+                # integers of thousands of digits) is a 400, not an error deep in a parser.
+                json.loads(request.get_data(cache=True))
+            except (ValueError, RecursionError) as error:
+                return problem("malformed-request", detail=f"the body is not acceptable JSON: {str(error)[:120]}")
         return None
 
     @app.after_request

@@ -278,7 +278,7 @@ class PurchaseSchema(Schema):
 
 
 class BatchCreateSchema(StrictSchema):
-    purchases = fields.List(fields.Dict(), required=True, validate=validate.Length(min=1, max=1000),
+    purchases = fields.List(fields.Raw(allow_none=True), required=True, validate=validate.Length(min=1, max=1000),
                             metadata={"description": "Up to 1000 purchases, each as for POST /v1/purchases."})
 
 

@@ -98,21 +98,27 @@ class ProjectionRunner:
 
     def run_once(self) -> int:
         """Applies the next batch to every projection that is behind, in one transaction with
-        their new positions; returns how many stored events were read."""
+        their new positions; returns how many stored events were applied.
+
+        Events are read and decoded before the transaction, so the write lock (which on SQLite
+        blocks the event writers too) is held only while rows are written; the positions are
+        then re-read under the lock, and if another runner moved them the batch is dropped."""
         names = [p.name for p in self.projections]
+        marks = ", ".join(["%s"] * len(names))
+        select = f"SELECT name, position FROM projection_positions WHERE name IN ({marks})"
+        seen = dict(self.store.query(select, names))
+        start = min(seen[name] for name in names)
+        notifications = self.ledger.recorder.select_notifications(
+            start=start, limit=self.batch_size, inclusive_of_start=False)
+        if not notifications:
+            return 0
+        batch = [Stored(n, self.ledger.mapper.to_domain_event(n)) for n in notifications]
         with self.store.transaction() as tx:
             lock = " FOR UPDATE" if self.store.kind == "postgresql" else ""
-            marks = ", ".join(["%s"] * len(names))
-            positions = dict(tx.execute(
-                f"SELECT name, position FROM projection_positions WHERE name IN ({marks}){lock}", names))
-            start = min(positions[name] for name in names)
-            notifications = self.ledger.recorder.select_notifications(
-                start=start, limit=self.batch_size, inclusive_of_start=False)
-            if not notifications:
-                return 0
-            batch = [Stored(n, self.ledger.mapper.to_domain_event(n)) for n in notifications]
+            if dict(tx.execute(select + lock, names)) != seen:
+                return 0  # another runner got there first; read again
             for projection in self.projections:
-                position = positions[projection.name]
+                position = seen[projection.name]
                 behind = batch if position == start else [s for s in batch if s.position > position]
                 if behind:
                     projection.apply(tx, behind, self.context)
@@ -124,10 +130,14 @@ class ProjectionRunner:
         total = 0
         while True:
             applied = self.run_once()
-            if not applied:
+            if not applied and self.is_caught_up():
                 return total
             total += applied
-            on_progress(applied)
+            if applied:
+                on_progress(applied)
+
+    def is_caught_up(self) -> bool:
+        return all(status.lag == 0 for status in self.status())
 
     def rebuild(self, names: list[str] | None = None, on_progress: Callable[[int], None] = lambda n: None) -> int:
         """Empties the named projections and replays every stored event into them. Readers see

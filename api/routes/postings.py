@@ -55,6 +55,9 @@ class PurchaseBatch(MethodView):
         results: list[dict[str, Any] | None] = []
         commands, positions = [], []
         for index, raw in enumerate(body["purchases"]):
+            if not isinstance(raw, dict):
+                results.append(item(None, "validation-error", errors={"body": ["Not a valid mapping type."]}))
+                continue
             transaction_id = raw.get("transaction_id") if isinstance(raw.get("transaction_id"), str) else None
             try:
                 commands.append(purchase_command(schema.load(raw)))
