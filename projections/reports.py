@@ -61,8 +61,11 @@ class FinanceReports:
     def program(self, program_id: str) -> Program:
         return require_program(UnitOfWork(self.model.ledger), program_id)
 
+    def rounded(self, amount: Decimal, currency: str) -> Decimal:
+        return amount.quantize(Decimal(1).scaleb(-minor_units(currency)), rounding=ROUND_HALF_EVEN)
+
     def money(self, amount: Decimal, currency: str) -> str:
-        return str(amount.quantize(Decimal(1).scaleb(-minor_units(currency)), rounding=ROUND_HALF_EVEN))
+        return str(self.rounded(amount, currency))
 
     # ---- liability roll-forward -----------------------------------------------------------
 
@@ -139,7 +142,8 @@ class FinanceReports:
     def revenue(self, program_id: str, period: Period) -> dict[str, Any]:
         """Points are a separate performance obligation. Cumulative revenue recognised at t:
         min(A, max(A x R / (E x ERR), A x (R + X) / E)), where A is the price allocated to
-        points, E the points issued (earned less reversed), R redeemed, X expired, all by t,
+        points, E the points issued by purchases (earned less reversed), R and X those of them
+        redeemed and expired (goodwill points carry no price), all by t,
         and ERR the expected redemption rate in force at t. The first term recognises revenue
         (and expected breakage) as points are redeemed; the second recognises expired points
         when they expire. A changed estimate is caught up in the period it changes: earlier
@@ -150,7 +154,7 @@ class FinanceReports:
             (program_id, period.end.isoformat()))]
         movements = [(date.fromisoformat(d), int(e), int(r), int(x), int(v)) for d, e, r, x, v in self.store.query(
             """SELECT day, SUM(earned), SUM(redeemed), SUM(expired), SUM(reversed) FROM liability_movements
-               WHERE program_id = %s AND day <= %s GROUP BY day""", (program_id, period.end.isoformat()))]
+               WHERE program_id = %s AND issuer <> '' AND day <= %s GROUP BY day""", (program_id, period.end.isoformat()))]
 
         def cumulative(at: date) -> tuple[Decimal, Decimal, Decimal]:
             allocated = sum((a for d, a in allocations if d <= at), Decimal(0))
@@ -161,14 +165,20 @@ class FinanceReports:
             return allocated, recognised(allocated, issued, redeemed, expired, err), err
 
         def line(part: Period) -> dict[str, Any]:
-            before_allocated, before_recognised, _ = cumulative(part.start - timedelta(days=1))
+            # Cumulative figures are rounded first and the period's figures are differences of
+            # rounded figures, so months add up to the period and liability + recognised = allocated.
+            before = cumulative(part.start - timedelta(days=1))
+            before_allocated = self.rounded(before[0], program.currency)
+            before_recognised = self.rounded(before[1], program.currency)
             allocated, cumulative_recognised, err = cumulative(part.end)
+            allocated = self.rounded(allocated, program.currency)
+            cumulative_recognised = self.rounded(cumulative_recognised, program.currency)
             return {
                 "from": part.start.isoformat(), "to": part.end.isoformat(),
-                "allocated": self.money(allocated - before_allocated, program.currency),
-                "recognised": self.money(cumulative_recognised - before_recognised, program.currency),
-                "cumulative_recognised": self.money(cumulative_recognised, program.currency),
-                "contract_liability": self.money(allocated - cumulative_recognised, program.currency),
+                "allocated": str(allocated - before_allocated),
+                "recognised": str(cumulative_recognised - before_recognised),
+                "cumulative_recognised": str(cumulative_recognised),
+                "contract_liability": str(allocated - cumulative_recognised),
                 "expected_redemption_rate": str(err),
             }
 
@@ -180,6 +190,7 @@ class FinanceReports:
     def partner_statement(self, partner_id: str, period: Period, statement_csv: str) -> dict[str, Any]:
         """Matches a partner's own CSV (transaction_id,amount,occurred_at; returns negative) with
         the ledger's postings from that partner in the period."""
+        self.model.ledger.partner_program(partner_id)  # NotFound for an unknown partner
         statement = parse_statement(statement_csv, period)
         ledger_rows = {
             txn: (Decimal(amount) if kind == "purchase" else -Decimal(amount), occurred_at)
@@ -231,6 +242,7 @@ def parse_statement(text: str, period: Period) -> dict[str, Any]:
         raise InvalidRequest("the statement must be CSV with a header: transaction_id,amount,occurred_at",
                              field="statement")
     rows: dict[str, Decimal] = {}
+    seen: set[str] = set()
     outside = 0
     for number, row in enumerate(reader, start=2):
         txn = (row["transaction_id"] or "").strip()
@@ -243,8 +255,9 @@ def parse_statement(text: str, period: Period) -> dict[str, Any]:
         if not txn or not amount.is_finite() or when.tzinfo is None:
             raise InvalidRequest(f"line {number}: needs a transaction_id, a finite amount and a time with an offset",
                                  field="statement")
-        if txn in rows:
+        if txn in seen:
             raise InvalidRequest(f"line {number}: transaction {txn!r} appears twice", field="statement")
+        seen.add(txn)
         if not period.start <= when.astimezone(timezone.utc).date() <= period.end:
             outside += 1
             continue
