@@ -20,6 +20,7 @@ from application.errors import ApplicationError
 from application.ledger import Ledger
 from domain.errors import DomainError
 from infrastructure.config import Config
+from infrastructure.group_commit import CommitQueue
 from projections.read_model import ReadModel
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of 1000 purchases fits well inside
@@ -47,7 +48,8 @@ class LedgerApi(Api):
         return from_http_exception(error)
 
 
-def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadModel | None = None) -> Flask:
+def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadModel | None = None,
+               committer: CommitQueue | None = None) -> Flask:
     """Builds the app on `ledger` and `read_model`, or on new ones for `config` (schema and
     projection tables already created by the caller)."""
     if ledger is None:
@@ -70,6 +72,7 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
     app.logger.disabled = True  # errors are logged once, as structlog JSON, by the handlers below
     app.extensions["ledger"] = ledger
     app.extensions["read_model"] = read_model
+    app.extensions["committer"] = committer
     api = LedgerApi(app, spec_kwargs={
         "security": [{"bearerAuth": []}],
         "info": {"description": "The loyalty points ledger's HTTP API. Errors are application/problem+json."},

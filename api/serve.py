@@ -35,7 +35,9 @@ class LedgerServer(BaseApplication):
         if self.run_projections and read_model is not None:
             # Every worker runs a runner; the locked position row makes them take turns.
             start_in_background(ledger, read_model.store)
-        return create_app(self.config_object, ledger, read_model)
+        from infrastructure.group_commit import CommitQueue
+
+        return create_app(self.config_object, ledger, read_model, CommitQueue(ledger))
 
 
 def serve(config: Config, host: str, port: int, workers: int, threads: int, run_projections: bool) -> None:

@@ -16,7 +16,7 @@ from application.commands import Command, Outcome
 from application.errors import ApplicationError, Contention, NotFound
 from application.access import ACCESS_HANDLERS, Principal, authenticate
 from application.handlers import LEDGER_HANDLERS, member_for_card, require_program
-from application.unit_of_work import UnitOfWork
+from application.unit_of_work import UnitOfWork, mutate_all
 from application.views import json_value, member_view, program_view, rfc3339
 from domain.errors import DomainError
 from domain.identity import member_id_to_uuid, partner_id_to_uuid
@@ -167,7 +167,7 @@ class Ledger(Application):
 
     def get_member(self, member_id: str) -> Member:
         try:
-            member = self.repository.get(member_id_to_uuid(member_id))
+            member = self.repository.get(member_id_to_uuid(member_id), projector_func=mutate_all)
         except AggregateNotFoundError:
             raise NotFound(f"member {member_id!r} not found") from None
         if not isinstance(member, Member):

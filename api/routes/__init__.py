@@ -26,4 +26,6 @@ def respond(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 def run(command: Command) -> tuple[dict[str, Any], int, dict[str, str]]:
-    return respond(ledger().execute(command))
+    """Executes a write: through the process's group-commit queue when the server has one."""
+    committer = current_app.extensions.get("committer")
+    return respond(committer.execute(command) if committer is not None else ledger().execute(command))

@@ -1,0 +1,128 @@
+"""Bulk import of purchases: streamed from CSV or JSON lines, committed in batches.
+
+Memory stays flat (one batch in memory at a time). Every row carries its transaction id, so
+a crashed import simply runs again: rows already committed are replays, counted once. Rows the
+ledger refuses are written, with the reason, to a rejects file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+
+from application.commands import Outcome, RecordPurchase
+from application.ledger import Ledger
+
+FIELDS = ("transaction_id", "member_id", "card_number", "store_id", "amount", "currency", "occurred_at")
+
+
+@dataclass
+class ImportSummary:
+    rows: int = 0
+    imported: int = 0
+    already_imported: int = 0
+    rejected: int = 0
+    points: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def read_rows(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, row or None, why unreadable) for each record of the file."""
+    if kind == "jsonl":
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                yield number, None, f"not JSON: {error}"
+                continue
+            yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
+        return
+    reader = csv.DictReader(stream)
+    if reader.fieldnames is None or "transaction_id" not in reader.fieldnames:
+        raise ValueError("a CSV import needs a header with at least transaction_id, store_id, amount, currency")
+    for row in reader:
+        yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}, None
+
+
+def to_command(row: dict[str, Any], partner_id: str, actor: str) -> RecordPurchase:
+    unknown = set(row) - set(FIELDS) - {"items"}
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+    try:
+        amount = Decimal(str(row["amount"]))
+        occurred_at = datetime.fromisoformat(str(row["occurred_at"]).replace("Z", "+00:00")) \
+            if row.get("occurred_at") else None
+        return RecordPurchase(
+            actor=actor, partner_id=partner_id, transaction_id=str(row["transaction_id"]),
+            store_id=str(row["store_id"]), amount=amount, currency=str(row["currency"]),
+            member_id=str(row["member_id"]) if row.get("member_id") else None,
+            card_number=str(row["card_number"]) if row.get("card_number") else None,
+            occurred_at=occurred_at, items=list(row.get("items") or []),
+        )
+    except KeyError as error:
+        raise ValueError(f"missing field {error.args[0]}") from None
+    except (InvalidOperation, ValueError) as error:
+        raise ValueError(f"unreadable value: {error}") from None
+
+
+def import_purchases(
+    ledger: Ledger, stream: IO[str], kind: str, partner_id: str, rejects: IO[str], *, actor: str = "import",
+    batch_size: int = 1000, on_progress: Callable[[int], None] = lambda rows: None,
+) -> ImportSummary:
+    summary = ImportSummary()
+    batch: list[tuple[int, RecordPurchase]] = []
+
+    def reject(number: int, reason: str, row: dict[str, Any] | None) -> None:
+        summary.rejected += 1
+        kind_of = reason.split(":")[0]
+        summary.reasons[kind_of] = summary.reasons.get(kind_of, 0) + 1
+        rejects.write(json.dumps({"line": number, "reason": reason, "row": row}, default=str) + "\n")
+
+    def flush() -> None:
+        if not batch:
+            return
+        for (number, command), result in zip(batch, ledger.execute_batch([c for _, c in batch])):
+            if isinstance(result, Outcome):
+                if result.replayed:
+                    summary.already_imported += 1
+                else:
+                    summary.imported += 1
+                    summary.points += result.body["points_earned"]
+            else:
+                reject(number, f"{result.slug}: {result.detail}", {"transaction_id": command.transaction_id})
+        on_progress(len(batch))
+        batch.clear()
+
+    for number, row, unreadable in read_rows(stream, kind):
+        summary.rows += 1
+        if row is None:
+            reject(number, f"malformed-row: {unreadable}", None)
+            on_progress(1)
+            continue
+        try:
+            batch.append((number, to_command(row, partner_id, actor)))
+        except ValueError as error:
+            reject(number, f"validation-error: {error}", row)
+            on_progress(1)
+            continue
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return summary
+
+
+def file_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError("the file must end in .csv or .jsonl")
