@@ -1,0 +1,1 @@
+"""The benchmark suite (not part of the pytest run): `.venv/bin/python -m bench.run [--quick]`."""

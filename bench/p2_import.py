@@ -1,0 +1,135 @@
+"""P2: bulk ingestion with `loyalty import purchases FILE --partner P` (each batch of 1000 rows is
+one durable transaction), its rate, and the importer's peak memory at two file sizes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PARTNER_ID,
+    Database,
+    child_env,
+    cpu_cores_used,
+    cpu_ticks,
+    fresh_database,
+    head,
+    log,
+    loyalty_command,
+    member_id,
+    setup_world,
+    vmhwm_kib,
+)
+
+FIRST_DAY = datetime(2024, 1, 2, tzinfo=timezone.utc)
+
+
+def write_purchases(path: Path, rows: int, members: int, tag: str, days: int = 540) -> None:
+    """A CSV of `rows` distinct purchases over `members` members, dated over `days` days (in
+    order, so a member's purchases arrive oldest first)."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write("transaction_id,member_id,store_id,amount,currency,occurred_at\n")
+        for i in range(rows):
+            moment = FIRST_DAY + timedelta(seconds=int(i * days * 86400 / max(rows, 1)))
+            out.write(f"{tag}-{i},{member_id(i % members)},s-{1 + i % 2},{5 + i % 60}.{i % 100:02d},EUR,"
+                      f"{moment.strftime('%Y-%m-%dT%H:%M:%SZ')}\n")
+
+
+def run_import(database: Database, path: Path, batch_size: int = 1000) -> dict[str, Any]:
+    """Runs the importer as a child process; its peak RSS from /proc/<pid>/status (VmHWM,
+    sampled) and from wait4's rusage (ru_maxrss, exact)."""
+    command = [*loyalty_command(), "import", "purchases", str(path), "--partner", PARTNER_ID,
+               "--batch-size", str(batch_size)]
+    out_path = path.with_suffix(".out")
+    with out_path.open("wb") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=child_env(database.url), stdout=out, stderr=subprocess.STDOUT)
+        cpu_before = cpu_ticks({"importer": [process.pid]})
+        samples: list[int] = []
+        done = threading.Event()
+        last_cpu: dict[str, Any] = {}
+
+        def sample() -> None:
+            while not done.is_set():
+                value = vmhwm_kib(process.pid)
+                if value is not None:
+                    samples.append(value)
+                    # Backends that close before the importer exits keep their last reading.
+                    seen = dict(last_cpu.get("postgres_pids", {}))
+                    last_cpu.update(cpu_ticks({"importer": [process.pid]}))
+                    last_cpu["postgres_pids"] = {**seen, **last_cpu["postgres_pids"]}
+                done.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    output = out_path.read_text(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"import failed ({process.returncode}):\n{output[-2000:]}")
+    match = re.search(r"rows ([\d,]+): imported ([\d,]+) .*already imported ([\d,]+), rejected ([\d,]+)", output)
+    if not match:
+        raise RuntimeError(f"unexpected importer output:\n{output[-2000:]}")
+    rows, imported, already, rejected = (int(g.replace(",", "")) for g in match.groups())
+    cpu = cpu_cores_used(cpu_before, last_cpu, elapsed) if last_cpu else {}
+    return {
+        "rows": rows, "imported": imported, "already_imported": already, "rejected": rejected,
+        "elapsed_s": round(elapsed, 3),
+        "purchases_per_s": round(imported / elapsed, 1),
+        "peak_rss_kib_wait4": usage.ru_maxrss,
+        "vmhwm_kib_sampled": max(samples) if samples else None,
+        "cpu_cores_used": cpu,
+    }
+
+
+def run_once(label: str, rows: int, members: int, workdir: Path, keep: bool = False) -> tuple[dict[str, Any], Database | None]:
+    """A fresh database with `members` members; imports `rows` purchases."""
+    from bench.common import create_database, drop_database
+
+    database = create_database("p2")
+    try:
+        setup_world(database, members)
+        path = workdir / f"purchases-{label}.csv"
+        write_purchases(path, rows, members, tag=label)
+        before = head(database)
+        result = run_import(database, path)
+        result["events_stored"] = head(database) - before
+        result["events_per_s"] = round(result["events_stored"] / result["elapsed_s"], 1)
+        result["members"] = members
+        result["file_bytes"] = path.stat().st_size
+        path.unlink()
+        log(f"P2 {label}: {result['imported']:,} purchases in {result['elapsed_s']} s = {result['purchases_per_s']}/s; "
+            f"peak RSS {result['peak_rss_kib_wait4'] / 1024:.1f} MiB")
+        if result["imported"] != rows:
+            raise RuntimeError(f"imported {result['imported']} of {rows}")
+    except BaseException:
+        drop_database(database)
+        raise
+    if keep:
+        return result, database
+    drop_database(database)
+    return result, None
+
+
+def run(settings: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Database | None]:
+    """`runs` imports of `rows` (the rate), plus one import at each of `smaller_rows` (memory at
+    other sizes). The last large import's database is returned (kept) for P3's rebuild and P5."""
+    runs = []
+    kept: Database | None = None
+    smaller = [run_once(f"size{rows}", rows, settings["members"], workdir)[0] for rows in settings["smaller_rows"]]
+    for index in range(settings["runs"]):
+        last = index == settings["runs"] - 1
+        result, database = run_once(f"r{index}", settings["rows"], settings["members"], workdir, keep=last)
+        runs.append(result)
+        if database is not None:
+            kept = database
+    return {"settings": settings, "runs": runs, "smaller": smaller}, kept

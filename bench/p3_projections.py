@@ -1,0 +1,186 @@
+"""P3: projection rebuild speed against the raw read-and-decode speed of the event table, and
+live projection lag under a steady posting load (server + `loyalty projections run`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Database,
+    Http,
+    ProjectionProcess,
+    Server,
+    cpu_cores_used,
+    cpu_ticks,
+    fresh_database,
+    log,
+    open_ledger,
+    open_read_model,
+    percentile,
+    setup_world,
+)
+
+
+def raw_read(ledger: Any, page: int) -> dict[str, Any]:
+    """Every notification, in pages, each decoded to its domain event (what a projection must
+    do at least)."""
+    started = time.perf_counter()
+    start: int | None = None
+    count = 0
+    while True:
+        notifications = ledger.recorder.select_notifications(start=start, limit=page, inclusive_of_start=False)
+        if not notifications:
+            break
+        for notification in notifications:
+            ledger.mapper.to_domain_event(notification)
+        count += len(notifications)
+        start = notifications[-1].id
+    elapsed = time.perf_counter() - started
+    return {"events": count, "elapsed_s": round(elapsed, 3), "events_per_s": round(count / elapsed, 1)}
+
+
+def rebuild(database: Database, runs: int) -> dict[str, Any]:
+    """ProjectionRunner.rebuild() of all projections (the code `loyalty projections rebuild`
+    runs), alternating with the raw read, `runs` times each, in this process."""
+    ledger = open_ledger(database)
+    model = open_read_model(database, ledger)
+    runner = model.runner
+    try:
+        runner.catch_up()  # the same starting point for every rebuild
+        results: dict[str, list[dict[str, Any]]] = {"raw": [], "rebuild": [], "per_projection": []}
+        for index in range(runs):
+            results["raw"].append(raw_read(ledger, runner.batch_size))
+            groups: dict[str, list[int]] = {}
+            cpu_before = cpu_ticks(groups)
+            started = time.perf_counter()
+            applied = runner.rebuild()
+            elapsed = time.perf_counter() - started
+            results["rebuild"].append({"events": applied, "elapsed_s": round(elapsed, 3),
+                                       "events_per_s": round(applied / elapsed, 1),
+                                       "cpu_cores_used": cpu_cores_used(cpu_before, cpu_ticks(groups), elapsed)})
+            log(f"P3 rebuild run {index}: {applied:,} events in {elapsed:.2f} s = {applied / elapsed:,.0f}/s; "
+                f"raw read {results['raw'][-1]['events_per_s']:,.0f}/s")
+        # Once, for evidence of where the time goes: each projection rebuilt alone.
+        per: dict[str, Any] = {}
+        for projection in runner.projections:
+            started = time.perf_counter()
+            applied = runner.rebuild([projection.name])
+            elapsed = time.perf_counter() - started
+            per[projection.name] = {"events": applied, "elapsed_s": round(elapsed, 3),
+                                    "events_per_s": round(applied / elapsed, 1)}
+        results["per_projection"].append(per)
+        return results
+    finally:
+        ledger.close()
+
+
+def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Posts purchases at a fixed rate from one client; after each 201 reads the head of the
+    event log (our events are the newest, nobody else writes) and a monitor thread polling the
+    projection positions every ~2 ms records when every projection has reached it."""
+    rate, duration = settings["rate_per_s"], settings["duration_s"]
+    with fresh_database("p3lag") as database:
+        world = setup_world(database, settings["members"])
+        server = Server(database, workdir).start()
+        projections = ProjectionProcess(database, workdir).start()
+        try:
+            monitor_conn = database.connect()
+            head_conn = database.connect()
+            ledger = open_ledger(database)
+            table = ledger.recorder.events_table_name
+            ledger.close()
+            samples: list[tuple[float, int]] = []
+            stop = threading.Event()
+
+            def monitor() -> None:
+                while not stop.is_set():
+                    position = monitor_conn.execute("SELECT MIN(position) FROM projection_positions").fetchone()[0]
+                    samples.append((time.perf_counter(), int(position)))
+                    time.sleep(0.002)
+
+            # Wait until the runner has caught up with the setup.
+            current_head = head_conn.execute(f"SELECT MAX(notification_id) FROM {table}").fetchone()[0]
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                position = monitor_conn.execute("SELECT MIN(position) FROM projection_positions").fetchone()[0]
+                if position >= current_head:
+                    break
+                time.sleep(0.05)
+            watcher = threading.Thread(target=monitor, daemon=True)
+            watcher.start()
+            http = Http(server.port, world.partner_key)
+            acks: list[tuple[float, int]] = []
+            statuses: dict[int, int] = {}
+            total = int(rate * duration)
+            groups = {"server": server.pids(), "projections": [projections.process.pid]}  # type: ignore[union-attr]
+            cpu_before = cpu_ticks(groups)
+            started = time.perf_counter()
+            for n in range(total):
+                due = started + n / rate
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                status, _ = http.request("POST", "/v1/purchases", {
+                    "transaction_id": f"lag{index}-{n}", "member_id": world.member_ids[n % len(world.member_ids)],
+                    "store_id": "s-1", "amount": "20.00", "currency": "EUR"})
+                acked = time.perf_counter()
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 201:
+                    event_head = head_conn.execute(f"SELECT MAX(notification_id) FROM {table}").fetchone()[0]
+                    acks.append((acked, int(event_head)))
+            posting_elapsed = time.perf_counter() - started
+            cpu = cpu_cores_used(cpu_before, cpu_ticks(groups), posting_elapsed)
+            last_head = acks[-1][1] if acks else 0
+            tail_deadline = time.monotonic() + 10
+            while time.monotonic() < tail_deadline and not (samples and samples[-1][1] >= last_head):
+                time.sleep(0.01)
+            stop.set()
+            watcher.join()
+            http.close()
+            monitor_conn.close()
+            head_conn.close()
+        finally:
+            projections.stop()
+            server.stop()
+    lags: list[float] = []
+    unseen = 0
+    cursor = 0
+    for acked, event_head in acks:
+        while cursor < len(samples) and samples[cursor][0] < acked:
+            cursor += 1
+        probe = cursor
+        while probe < len(samples) and samples[probe][1] < event_head:
+            probe += 1
+        if probe < len(samples):
+            lags.append(max(samples[probe][0] - acked, 0.0))
+        else:
+            unseen += 1
+    gaps = [b[0] - a[0] for a, b in zip(samples, samples[1:])]
+    result = {
+        "rate_target_per_s": rate,
+        "rate_achieved_per_s": round(len(acks) / posting_elapsed, 1),
+        "postings": len(acks),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "lag_ms": {"p50": round(percentile(lags, 50) * 1000, 2) if lags else None,
+                   "p99": round(percentile(lags, 99) * 1000, 2) if lags else None,
+                   "max": round(max(lags) * 1000, 2) if lags else None},
+        "not_seen_within_10s_after_last": unseen,
+        "monitor_poll_interval_ms_p50": round(percentile(gaps, 50) * 1000, 3) if gaps else None,
+        "cpu_cores_used": cpu,
+    }
+    log(f"P3 lag run {index}: p50 {result['lag_ms']['p50']} ms, p99 {result['lag_ms']['p99']} ms "
+        f"at {result['rate_achieved_per_s']}/s")
+    return result
+
+
+def run(settings: dict[str, Any], database: Database | None, workdir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"settings": settings}
+    if database is None:
+        result["rebuild"] = {"skipped": "no database from P2"}
+    else:
+        result["rebuild"] = rebuild(database, settings["rebuild_runs"])
+    result["lag"] = [live_lag(i, settings["lag"], workdir) for i in range(settings["lag"]["runs"])]
+    return result

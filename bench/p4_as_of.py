@@ -1,0 +1,112 @@
+"""P4: `GET /v1/members/{id}/balance?as_of=` for a member with 10,000 events (made fast with
+Ledger.execute_batch), at three effective times: near the start of the history, the middle,
+and after the last event."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PARTNER_ID,
+    Http,
+    Server,
+    fresh_database,
+    log,
+    median,
+    open_ledger,
+    percentile,
+    setup_world,
+)
+
+FIRST = datetime(2024, 1, 2, tzinfo=timezone.utc)
+
+
+def make_history(database: Any, member: str, target_events: int) -> dict[str, Any]:
+    """Purchases for one member (two member events each, plus a tier change) dated an hour
+    apart from FIRST, committed 500 per transaction, until the member has `target_events`."""
+    from application.commands import Outcome, RecordPurchase
+
+    ledger = open_ledger(database)
+    started = time.perf_counter()
+    n = 0
+    try:
+        version = ledger.get_member(member).version
+        while version < target_events:
+            commands = []
+            for _ in range(min(500, max((target_events - version) // 2, 1))):
+                commands.append(RecordPurchase(
+                    actor="bench", partner_id=PARTNER_ID, transaction_id=f"h-{n}", store_id="s-1",
+                    amount=Decimal("12.40"), currency="EUR", member_id=member,
+                    occurred_at=FIRST + timedelta(hours=n)))
+                n += 1
+            for result in ledger.execute_batch(commands):
+                if not isinstance(result, Outcome):
+                    raise RuntimeError(f"purchase refused: {result!r}")
+            version = ledger.get_member(member).version
+        last = FIRST + timedelta(hours=n - 1)
+        snapshots = len(list(ledger.snapshots.get(ledger.get_member(member).id))) if ledger.snapshots else 0
+    finally:
+        ledger.close()
+    return {"member_events": version, "purchases": n, "snapshots": snapshots, "first_at": FIRST.isoformat(),
+            "last_at": last.isoformat(), "seconds_to_create": round(time.perf_counter() - started, 2)}
+
+
+def timed_gets(http: Http, path: str, requests: int) -> tuple[list[float], dict[int, int]]:
+    http.request("GET", path)  # warm-up, not counted
+    times, statuses = [], {}
+    for _ in range(requests):
+        started = time.perf_counter()
+        status, _ = http.request("GET", path)
+        times.append(time.perf_counter() - started)
+        statuses[status] = statuses.get(status, 0) + 1
+    return times, statuses
+
+
+def run(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    with fresh_database("p4") as database:
+        world = setup_world(database, 1)
+        member = world.member_ids[0]
+        history = make_history(database, member, settings["member_events"])
+        log(f"P4: member {member} has {history['member_events']:,} events "
+            f"({history['snapshots']} snapshots), made in {history['seconds_to_create']} s")
+        first = datetime.fromisoformat(history["first_at"])
+        last = datetime.fromisoformat(history["last_at"])
+        span = last - first
+        points = {
+            "early (10% into the history)": first + span / 10,
+            "middle (50%)": first + span / 2,
+            "after the last event": last + timedelta(days=1),
+        }
+        server = Server(database, workdir).start()
+        try:
+            http = Http(server.port, world.auditor_key)
+            # A reference: an authenticated read of the program (no member replay).
+            times, statuses = timed_gets(http, "/v1/programs/bench", 20)
+            baseline = {"path": "GET /v1/programs/bench", "p50_ms": round(percentile(times, 50) * 1000, 2),
+                        "requests": len(times), "statuses": statuses}
+            results: dict[str, Any] = {}
+            for label, moment in points.items():
+                query = urllib.parse.urlencode({"as_of": moment.strftime("%Y-%m-%dT%H:%M:%SZ")})
+                path = f"/v1/members/{member}/balance?{query}"
+                per_run = []
+                for _ in range(settings["runs"]):
+                    times, statuses = timed_gets(http, path, settings["requests"])
+                    if statuses.get(200) != settings["requests"]:
+                        raise RuntimeError(f"as-of balance answered {statuses}")
+                    per_run.append({"p50_ms": round(percentile(times, 50) * 1000, 2),
+                                    "p99_ms": round(percentile(times, 99) * 1000, 2),
+                                    "requests": len(times)})
+                results[label] = {"as_of": moment.isoformat(), "runs": per_run,
+                                  "median_p50_ms": median([r["p50_ms"] for r in per_run])}
+                log(f"P4 {label}: p50 {results[label]['median_p50_ms']} ms (median of {len(per_run)} runs)")
+            http.close()
+            memory = server.memory()
+        finally:
+            server.stop()
+    return {"settings": settings, "history": history, "as_of": results, "baseline": baseline,
+            "server_memory": memory}
