@@ -15,7 +15,7 @@ from eventsourcing.utils import get_topic
 from application.commands import Command, Outcome
 from application.errors import ApplicationError, Contention, NotFound
 from application.access import ACCESS_HANDLERS, Principal, authenticate
-from application.handlers import LEDGER_HANDLERS, member_for_card, require_program
+from application.handlers import LEDGER_HANDLERS, member_for_card, prefetch, require_program
 from application.unit_of_work import UnitOfWork, mutate_all
 from application.views import json_value, member_view, program_view, rfc3339
 from domain.errors import DomainError
@@ -71,6 +71,7 @@ class Ledger(Application):
         handler = HANDLERS[type(command)]
         for attempt in range(MAX_ATTEMPTS):
             uow = UnitOfWork(self)
+            prefetch(uow, [command])
             outcome = handler(uow, command, self.clock())
             try:
                 uow.commit()
@@ -90,6 +91,7 @@ class Ledger(Application):
         now = self.clock()
         results: list[Outcome | DomainError | ApplicationError] = []
         try:
+            prefetch(uow, list(commands))
             for command in commands:
                 uow.begin_command()
                 try:

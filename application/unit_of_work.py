@@ -7,11 +7,15 @@ object; the store's version numbers and receipt ids catch anything another proce
 from __future__ import annotations
 
 from collections.abc import Iterable
+from copy import deepcopy
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
+
+from application.prefetch import latest_versions
+from domain.receipts import CardRegistration, Receipt
 
 if TYPE_CHECKING:
     from eventsourcing.application import Application
@@ -32,11 +36,14 @@ class UnitOfWork:
         self._app = app
         self._aggregates: dict[UUID, Aggregate] = {}
         self._marks: dict[UUID, int] = {}  # pending events per aggregate when the command first touched it
+        self._absent: set[UUID] = set()  # known not to exist when prefetched
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """The aggregate as this unit sees it (its own changes included), or None."""
         aggregate = self._aggregates.get(aggregate_id)
         if aggregate is None:
+            if aggregate_id in self._absent:
+                return None
             try:
                 aggregate = self._app.repository.get(aggregate_id, projector_func=mutate_all)
             except AggregateNotFoundError:
@@ -45,7 +52,46 @@ class UnitOfWork:
         self._marks.setdefault(aggregate_id, len(aggregate.pending_events))
         return aggregate if isinstance(aggregate, cls) else None
 
+    def prefetch(self, ids: Iterable[UUID]) -> None:
+        """Checks many aggregates in one query: absent ones are then found absent without a
+        query, cached ones that are current are copied without one, and the rest are loaded
+        now, so that anything looked up later (receipts) is seen at a later moment, never an
+        earlier one (a writer commits a member's events and its receipt together)."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self._aggregates and i not in self._absent]
+        if not wanted:
+            return
+        versions = latest_versions(self._app.recorder, wanted)
+        if versions is None:
+            return
+        for aggregate_id in wanted:
+            version = versions.get(aggregate_id)
+            if version is None:
+                self._absent.add(aggregate_id)
+                continue
+            cached = self._cached_copy(aggregate_id, version)
+            if cached is not None:
+                self._aggregates[aggregate_id] = cached
+            else:
+                self.find(Aggregate, aggregate_id)
+
+    def _cached_copy(self, aggregate_id: UUID, version: int) -> Aggregate | None:
+        repository = self._app.repository
+        if not repository.cache:
+            return None
+        # The library fast-forwards a cached aggregate in place under this per-aggregate lock.
+        lock = repository._use_fastforward_lock(aggregate_id)  # noqa: SLF001
+        try:
+            with lock:
+                try:
+                    cached = repository.cache.get(aggregate_id)
+                except KeyError:
+                    return None
+                return deepcopy(cached) if cached.version == version else None
+        finally:
+            repository._disuse_fastforward_lock(aggregate_id)  # noqa: SLF001
+
     def add(self, aggregate: Aggregate) -> None:
+        self._absent.discard(aggregate.id)
         if aggregate.id not in self._aggregates:
             self._marks.setdefault(aggregate.id, 0)
         self._aggregates[aggregate.id] = aggregate
@@ -66,4 +112,11 @@ class UnitOfWork:
         count = self.pending_count()
         if changed:
             self._app.save(*changed)
+            cache = self._app.repository.cache
+            if cache:
+                # Saved and current: the next batch copies them instead of asking the store.
+                # Receipts are written once and seldom read again: they would only evict members.
+                for aggregate in changed:
+                    if not isinstance(aggregate, (Receipt, CardRegistration)):
+                        cache.put(aggregate.id, aggregate)
         return count

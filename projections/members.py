@@ -15,6 +15,7 @@ from typing import Any
 from domain.member import Member
 from domain.receipts import CardRegistration
 from projections.base import Projection, Stored
+from projections.lot_changes import lot_deltas, new_lot
 from projections.store import Transaction, db_time
 
 LIFETIME = ("earned", "redeemed", "expired", "reversed", "adjusted")
@@ -82,45 +83,30 @@ class _Fold:
         if isinstance(event, Member.MemberEnrolled):
             self.enrolled[originator] = event
             self.members[originator] = (event.member_id, event.program_id)
-        elif isinstance(event, Member.PointsAccrued):
-            self.new_lot(originator, event.lot_id, f"purchase:{event.purchase}", event.points,
-                         event.occurred_at, event.available_at, event.expires_at)
+        lot = new_lot(event)
+        if lot is not None:
+            self.new_lots[(originator, lot.lot_id)] = {
+                "issuer": issuer_of_source(lot.source), "points": lot.points, "earned_at": db_time(lot.earned_at),
+                "available_at": db_time(lot.available_at), "expires_at": db_time(lot.expires_at),
+            }
+        for lot_id, delta in lot_deltas(event):
+            self.lot_delta[(originator, lot_id)] += delta
+        if isinstance(event, Member.PointsAccrued):
             life["earned"] += event.points
         elif isinstance(event, Member.AccrualReversed):
-            taken = event.from_remaining + event.clawback
-            self.lot_delta[(originator, event.lot_id)] -= taken
-            life["reversed"] += taken
+            life["reversed"] += event.from_remaining + event.clawback
         elif isinstance(event, Member.PointsRedeemed):
-            for lot_id, points in event.consumed:
-                self.lot_delta[(originator, lot_id)] -= points
             life["redeemed"] += event.points
         elif isinstance(event, Member.RedemptionCancelled):
-            for lot_id, points in event.restored:
-                self.lot_delta[(originator, lot_id)] += points
             back_expired = sum(points for _, points in event.restored_expired)
             life["redeemed"] -= sum(points for _, points in event.restored) + back_expired
             life["expired"] += back_expired
         elif isinstance(event, Member.PointsExpired):
-            for lot_id, points in event.expired:
-                self.lot_delta[(originator, lot_id)] -= points
             life["expired"] += sum(points for _, points in event.expired)
         elif isinstance(event, Member.PointsAdjusted):
-            if event.lot is not None:
-                lot = event.lot
-                self.new_lot(originator, lot["lot_id"], lot["source"], lot["points"], lot["earned_at"],
-                             lot["available_at"], lot["expires_at"])
-            for lot_id, points in event.consumed:
-                self.lot_delta[(originator, lot_id)] -= points
             life["adjusted"] += event.points
         elif isinstance(event, Member.TierChanged):
             self.tier[originator] = (event.to_tier, db_time(event.occurred_at) or "")
-
-    def new_lot(self, originator: str, lot_id: str, source: str, points: int, earned_at: Any,
-                available_at: Any, expires_at: Any) -> None:
-        self.new_lots[(originator, lot_id)] = {
-            "issuer": issuer_of_source(source), "points": points, "earned_at": db_time(earned_at),
-            "available_at": db_time(available_at), "expires_at": db_time(expires_at),
-        }
 
     def member(self, originator: str) -> tuple[str, str]:
         return self.members[originator]

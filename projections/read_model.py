@@ -12,6 +12,7 @@ from application.ledger import Ledger
 from application.views import rfc3339
 from domain.identity import member_id_to_uuid
 from domain.member import Member, replay_member
+from projections.as_of import timeline_balance
 from projections.audit import Verification, checkpoint, verify_chain
 from projections.runner import ProjectionRunner
 from projections.store import db_time, from_db_time
@@ -72,6 +73,12 @@ class ReadModel:
             if upcoming else None,
             "version": int(row["version"]),
         }
+
+    def balance_as_of(self, member_id: str, as_of: datetime | None = None,
+                      known_at: datetime | None = None) -> dict[str, Any]:
+        """From the member timeline; replayed from the event store while it does not hold the member."""
+        balance = timeline_balance(self.store, self.ledger, member_id, as_of, known_at)
+        return balance if balance is not None else self.ledger.balance_as_of(member_id, as_of, known_at)
 
     def _rebuilding(self, name: str) -> bool:
         rows = self.store.query("SELECT rebuilding FROM projection_positions WHERE name = %s", (name,))

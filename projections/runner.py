@@ -25,13 +25,15 @@ from projections.base import Projection, Stored
 from projections.liability import LiabilityProjection
 from projections.members import MemberProjection
 from projections.postings import PostingsProjection
+from projections.timeline import TimelineProjection
 from projections.store import ProjectionStore, open_store
 
 log = structlog.get_logger("loyalty.projections")
 
 
 def all_projections() -> list[Projection]:
-    return [MemberProjection(), PostingsProjection(), AuditProjection(), LiabilityProjection(), AdjustmentsProjection()]
+    return [MemberProjection(), PostingsProjection(), AuditProjection(), LiabilityProjection(), AdjustmentsProjection(),
+            TimelineProjection()]
 
 
 class Context:

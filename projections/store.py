@@ -115,8 +115,9 @@ class PostgresStore(ProjectionStore):
         from psycopg_pool import ConnectionPool
 
         self.conninfo = postgres_conninfo(database)
+        # check: a connection broken by a database restart is replaced before it is handed out.
         self._pool = ConnectionPool(self.conninfo, min_size=1, max_size=pool_size, open=True,
-                                    kwargs={"autocommit": False})
+                                    kwargs={"autocommit": False}, check=ConnectionPool.check_connection)
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

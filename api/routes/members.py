@@ -86,8 +86,9 @@ class MemberBalance(MethodView):
     @blp.arguments(AsOfQuerySchema, location="query")
     @blp.response(200, AsOfBalanceSchema)
     def get(self, query: dict[str, Any], member_id: str) -> Any:
-        """The balance and tier as of an effective time, as known at a recorded time (replayed)."""
-        return ledger().balance_as_of(member_id, as_of=query.get("as_of"), known_at=query.get("known_at"))
+        """The balance and tier as of an effective time, as known at a recorded time: the lot
+        movements of exactly the events that pass both filters (the same sums a replay applies)."""
+        return reads().balance_as_of(member_id, as_of=query.get("as_of"), known_at=query.get("known_at"))
 
 
 @blp.route("/members/<string:member_id>/history")

@@ -1,0 +1,105 @@
+"""Balances as of an effective time, as known at a recorded time, from the member timeline.
+
+The projection holds the member's events up to some version; the events stored after it (the
+projection's lag, usually none) are read from the event store and their lot movements added in
+memory. Every query is bounded by that version, so a batch the runner commits meanwhile is
+neither missed nor counted twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from application.errors import NotFound
+from application.ledger import Ledger
+from application.views import rfc3339
+from domain.identity import member_id_to_uuid
+from domain.lots import AVAILABLE, DUE, PENDING, Lot
+from domain.member import Member
+from projections.lot_changes import lot_deltas, new_lot
+from projections.store import ProjectionStore, db_time, from_db_time
+
+_CLASSIFIED = """
+    SELECT COALESCE(SUM(CASE WHEN m.remaining < 0 THEN m.remaining
+                             WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN 0
+                             WHEN m.available_at > %s THEN 0 ELSE m.remaining END), 0),
+           COALESCE(SUM(CASE WHEN m.remaining > 0 AND (m.expires_at IS NULL OR m.expires_at > %s)
+                             AND m.available_at > %s THEN m.remaining ELSE 0 END), 0),
+           COALESCE(SUM(CASE WHEN m.remaining > 0 AND m.expires_at IS NOT NULL AND m.expires_at <= %s
+                             THEN m.remaining ELSE 0 END), 0)
+    FROM ({movements}) m"""
+
+
+def timeline_balance(store: ProjectionStore, ledger: Ledger, member_id: str, as_of: datetime | None,
+                     known_at: datetime | None) -> dict[str, Any] | None:
+    """The as-of balance, or None when the timeline does not hold the member (yet)."""
+    rows = store.query(
+        """SELECT t.base_tier, t.recorded_at, t.version FROM member_timeline t, projection_positions p
+           WHERE t.member_id = %s AND p.name = 'timeline' AND p.rebuilding = 0""", (member_id,))
+    if not rows:
+        return None
+    base_tier, enrolled_recorded_at, version = rows[0][0], rows[0][1], int(rows[0][2])
+    moment = as_of or ledger.clock()
+    t, known = db_time(moment), db_time(known_at)
+    if known is not None and enrolled_recorded_at > known:
+        raise NotFound(f"member {member_id!r} was not yet known at {rfc3339(known_at)}")
+
+    def passes(event: Member.Event) -> bool:
+        return event.occurred_at <= moment and (known_at is None or event.timestamp <= known_at)
+
+    tail = [e for e in ledger.events.get(member_id_to_uuid(member_id), gt=version) if passes(e)]
+    movements = ("SELECT lot_id, SUM(delta) AS remaining, MIN(available_at) AS available_at,"
+                 " MIN(expires_at) AS expires_at FROM member_lot_movements"
+                 " WHERE member_id = %s AND version <= %s AND occurred_at <= %s"
+                 + (" AND recorded_at <= %s" if known else "") + " GROUP BY lot_id")
+    params: list[Any] = [member_id, version, t] + ([known] if known else [])
+    if not tail:
+        available, pending, due = store.query(_CLASSIFIED.format(movements=movements),
+                                              [t, t, t, t, t, *params])[0]
+        totals = {AVAILABLE: int(available), PENDING: int(pending), DUE: int(due)}
+    else:
+        totals = _with_tail(store, movements, params, member_id, tail, moment)
+    tier = _tier(store, member_id, version, t, known, tail) or base_tier
+    return {
+        "member_id": member_id, "as_of": rfc3339(moment), "known_at": None if known_at is None else rfc3339(known_at),
+        "available": totals[AVAILABLE], "pending": totals[PENDING], "due_for_expiry": totals[DUE], "tier": tier,
+    }
+
+
+def _with_tail(store: ProjectionStore, movements: str, params: list[Any], member_id: str,
+               tail: list[Member.Event], moment: datetime) -> dict[str, int]:
+    """Lot by lot: the projected remainders plus the tail's movements, classified like Lot.state_at."""
+    remaining: dict[str, int] = defaultdict(int)
+    dates: dict[str, tuple[datetime, datetime | None]] = {}
+    for lot_id, points, available_at, expires_at in store.query(
+            f"SELECT lot_id, remaining, available_at, expires_at FROM ({movements}) m", params):
+        remaining[lot_id] += int(points)
+        dates[lot_id] = (from_db_time(available_at), from_db_time(expires_at))  # type: ignore[assignment]
+    for event in tail:
+        created = new_lot(event)
+        if created is not None:
+            remaining[created.lot_id] += created.points
+            dates[created.lot_id] = (created.available_at, created.expires_at)
+        for lot_id, delta in lot_deltas(event):
+            remaining[lot_id] += delta
+    totals = {AVAILABLE: 0, PENDING: 0, DUE: 0}
+    for lot_id, points in remaining.items():
+        available_at, expires_at = dates[lot_id]
+        lot = Lot(lot_id=lot_id, source="", points=0, earned_at=available_at, available_at=available_at,
+                  expires_at=expires_at, remaining=points)
+        totals[lot.state_at(moment)] += points
+    return totals
+
+
+def _tier(store: ProjectionStore, member_id: str, version: int, t: str | None, known: str | None,
+          tail: list[Member.Event]) -> str | None:
+    for event in reversed(tail):
+        if isinstance(event, Member.TierChanged):
+            return event.to_tier
+    rows = store.query(
+        "SELECT tier FROM member_tier_changes WHERE member_id = %s AND version <= %s AND occurred_at <= %s"
+        + (" AND recorded_at <= %s" if known else "") + " ORDER BY version DESC LIMIT 1",
+        [member_id, version, t] + ([known] if known else []))
+    return rows[0][0] if rows else None
