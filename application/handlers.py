@@ -35,7 +35,7 @@ from application.commands import (
 from application.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
 from application.unit_of_work import UnitOfWork
 from application.views import balance_view, json_value, member_view, program_view, rfc3339
-from domain.adjustment_request import APPROVED, REJECTED, AdjustmentRequest
+from domain.adjustment_request import APPROVED, PENDING, REJECTED, AdjustmentRequest
 from domain.calendar import require_aware
 from domain.errors import CurrencyMismatch, DomainError, UnknownPurchase
 from domain.identity import (
@@ -354,6 +354,10 @@ def decide_adjustment(uow: UnitOfWork, cmd: DecideAdjustment, now: datetime) -> 
     if request is None:
         raise NotFound(f"no adjustment {cmd.adjustment_id!r} awaiting approval")
     member = require_member(uow, request.member_id)
+    if request.status == PENDING and request.adjustment_id in member.adjustments and not request.pending_events:
+        # A racing approval committed between the two reads: the request as read is stale.
+        request = uow.refresh(AdjustmentRequest, request.id)
+        assert request is not None
     decision = APPROVED if cmd.approve else REJECTED
     if request.status == decision and request.decided_by == cmd.actor:
         return Outcome(body=decision_view(request, member, now), status=200, replayed=True)

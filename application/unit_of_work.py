@@ -52,6 +52,12 @@ class UnitOfWork:
         self._marks.setdefault(aggregate_id, len(aggregate.pending_events))
         return aggregate if isinstance(aggregate, cls) else None
 
+    def refresh(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        """Reads an aggregate again (this unit must not have changed it)."""
+        self._aggregates.pop(aggregate_id, None)
+        self._marks.pop(aggregate_id, None)
+        return self.find(cls, aggregate_id)
+
     def prefetch(self, ids: Iterable[UUID]) -> None:
         """Checks many aggregates in one query: absent ones are then found absent without a
         query, cached ones that are current are copied without one, and the rest are loaded

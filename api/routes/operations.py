@@ -43,6 +43,7 @@ class ReviewTiersJob(MethodView):
 
 @health.route("/healthz")
 class Health(MethodView):
+    @health.doc(security=[])
     @health.response(200, HealthSchema)
     def get(self) -> Any:
         """200 when the database answers."""

@@ -61,8 +61,14 @@ class RedemptionCancellation(MethodView):
     @blp.arguments(CancellationCreateSchema)
     @blp.response(201, CancellationSchema)
     def post(self, body: dict[str, Any], member_id: str, redemption_id: str) -> Any:
-        """Restore a redemption's points to the lots they came from, once."""
+        """Restore a redemption's points to the lots they came from, once. A partner key
+        cancels only its own partner's redemptions (others' look not found)."""
         check_member_in_partner_program(member_id)
+        principal = current_principal()
+        if principal.role == "partner":
+            made = ledger().get_member(member_id).redemptions.get(redemption_id)
+            if made is None or made.get("partner_id") != principal.partner_id:
+                raise NotFound(f"redemption {redemption_id!r} not found")
         return run(CancelRedemption(actor=current_principal().actor, member_id=member_id,
                                     redemption_id=redemption_id, **body))
 
