@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import psycopg
 import structlog
 from eventsourcing.persistence import PersistenceError
 from flask import Flask, Response, g, request
@@ -93,7 +94,9 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
         return problem(error.slug, detail=error.detail, errors=errors, headers=headers)
 
     @app.errorhandler(PersistenceError)
-    def database_error(error: PersistenceError) -> Response:
+    @app.errorhandler(psycopg.OperationalError)  # a database restart under a read-model query
+    @app.errorhandler(psycopg.InterfaceError)
+    def database_error(error: Exception) -> Response:
         log.error("database error", exc_info=error)
         return problem("unavailable", detail="the database did not answer; the request may be retried with the same id")
 

@@ -17,7 +17,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from domain.member import Member
 from projections.base import Projection, Stored
-from projections.store import ProjectionStore, Transaction, db_time
+from projections.store import ProjectionStore, Transaction, db_time, select_in
 
 GENESIS = "0" * 64
 
@@ -66,31 +66,29 @@ class AuditProjection(Projection):
         head = tx.execute("SELECT hash FROM audit_trail ORDER BY position DESC LIMIT 1")
         previous = head[0][0] if head else GENESIS
         member_ids: dict[str, str] = {}
+        enrolled = []
+        for stored in batch:
+            if isinstance(stored.event, Member.MemberEnrolled):
+                member_ids[str(stored.notification.originator_id)] = stored.event.member_id
+                enrolled.append((str(stored.notification.originator_id), stored.event.member_id))
+        tx.insert("audit_members", ("originator_id", "member_id"), enrolled)
+        others = {str(s.notification.originator_id) for s in batch if isinstance(s.event, Member.Event)} - set(member_ids)
+        member_ids.update(select_in(
+            tx, "SELECT originator_id, member_id FROM audit_members WHERE originator_id IN ({marks})", sorted(others)))
         rows = []
         for stored in batch:
             event, notification = stored.event, stored.notification
             previous = link(previous, notification)
             originator = str(notification.originator_id)
-            member_id = None
-            if isinstance(event, Member.Event):
-                if isinstance(event, Member.MemberEnrolled):
-                    member_ids[originator] = event.member_id
-                    tx.execute("INSERT INTO audit_members (originator_id, member_id) VALUES (%s, %s)",
-                               (originator, event.member_id))
-                if originator not in member_ids:
-                    found = tx.execute("SELECT member_id FROM audit_members WHERE originator_id = %s", (originator,))
-                    member_ids[originator] = found[0][0]
-                member_id = member_ids[originator]
+            member_id = member_ids[originator] if isinstance(event, Member.Event) else None
             rows.append((
                 notification.id, originator, notification.originator_version, type(event).__name__, member_id,
                 points_delta(event), getattr(event, "actor", None), getattr(event, "partner_id", None),
                 getattr(event, "store_id", None), db_time(getattr(event, "occurred_at", None)),
                 db_time(event.timestamp), previous,
             ))
-        tx.executemany(
-            """INSERT INTO audit_trail (position, originator_id, version, event_type, member_id, points_delta,
-                   actor, partner_id, store_id, occurred_at, recorded_at, hash)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", rows)
+        tx.insert("audit_trail", ("position", "originator_id", "version", "event_type", "member_id", "points_delta",
+                                  "actor", "partner_id", "store_id", "occurred_at", "recorded_at", "hash"), rows)
 
 
 @dataclass(frozen=True)

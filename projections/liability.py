@@ -10,6 +10,7 @@ from typing import Any
 
 from domain.member import Member
 from projections.base import Projection, Stored
+from projections.store import select_in, select_pairs
 
 MOVEMENTS = ("earned", "redeemed", "expired", "reversed", "adjusted")
 
@@ -100,6 +101,17 @@ class LiabilityProjection(Projection):
                 purchases[(originator, purchase)] = (Decimal(rows[0][0]), Decimal(rows[0][1]))
             return purchases[(originator, purchase)]
 
+        # Programs and lot issuers of members enrolled in earlier batches: a few queries, not one each.
+        enrolled_here = {str(s.event.originator_id) for s in batch if isinstance(s.event, Member.MemberEnrolled)}
+        members_here = {str(s.event.originator_id) for s in batch if isinstance(s.event, Member.Event)}
+        programs.update(select_in(
+            tx, "SELECT originator_id, program_id FROM liability_lot_issuers WHERE lot_id = '' AND originator_id IN ({marks})",
+            sorted(members_here - enrolled_here)))
+        spent = {(str(s.event.originator_id), lot_id) for s in batch for lot_id in _lots_touched(s.event)}
+        for originator, lot_id, issuer in select_pairs(
+                tx, "SELECT originator_id, lot_id, issuer FROM liability_lot_issuers WHERE {pairs}",
+                ("originator_id", "lot_id"), sorted(p for p in spent if p[0] not in enrolled_here)):
+            issuers[(originator, lot_id)] = issuer
         for stored in batch:
             event = stored.event
             if not isinstance(event, Member.Event):
@@ -155,15 +167,10 @@ class LiabilityProjection(Projection):
                 for lot_id, points in event.consumed:
                     move(originator, issuer_of(originator, lot_id), day, "adjusted", -points)
 
-        tx.executemany(
-            "INSERT INTO liability_lot_issuers (originator_id, lot_id, program_id, issuer) VALUES (%s, %s, %s, %s)",
-            new_issuers)
-        tx.executemany("INSERT INTO liability_redemptions (originator_id, redemption_id, redeemer) VALUES (%s, %s, %s)",
-                       new_redeemers)
-        tx.executemany("INSERT INTO liability_purchases (originator_id, purchase, amount, allocated) VALUES (%s, %s, %s, %s)",
-                       new_purchases)
-        tx.executemany("INSERT INTO revenue_allocations (position, program_id, day, allocated) VALUES (%s, %s, %s, %s)",
-                       allocations)
+        tx.insert("liability_lot_issuers", ("originator_id", "lot_id", "program_id", "issuer"), new_issuers)
+        tx.insert("liability_redemptions", ("originator_id", "redemption_id", "redeemer"), new_redeemers)
+        tx.insert("liability_purchases", ("originator_id", "purchase", "amount", "allocated"), new_purchases)
+        tx.insert("revenue_allocations", ("position", "program_id", "day", "allocated"), allocations)
         tx.executemany(
             """INSERT INTO redemption_flows (program_id, issuer, redeemer, day, points) VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (program_id, issuer, redeemer, day) DO UPDATE SET
@@ -180,3 +187,16 @@ class LiabilityProjection(Projection):
                    adjusted = liability_movements.adjusted + excluded.adjusted""",
             [(program, issuer, day, *(t[m] for m in MOVEMENTS)) for (program, issuer, day), t in totals.items()])
 
+
+
+def _lots_touched(event: Any) -> list[str]:
+    """Lots an event moves points in, beyond one it creates (their issuers are looked up)."""
+    if isinstance(event, Member.AccrualReversed):
+        return [event.lot_id]
+    if isinstance(event, (Member.PointsRedeemed, Member.PointsAdjusted)):
+        return [lot_id for lot_id, _ in event.consumed]
+    if isinstance(event, Member.RedemptionCancelled):
+        return [lot_id for lot_id, _ in event.restored + event.restored_expired]
+    if isinstance(event, Member.PointsExpired):
+        return [lot_id for lot_id, _ in event.expired]
+    return []

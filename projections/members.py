@@ -129,9 +129,9 @@ class _Fold:
         tx.executemany(
             "INSERT INTO card_index (program_id, card_number, member_id) VALUES (%s, %s, %s)"
             " ON CONFLICT (program_id, card_number) DO UPDATE SET member_id = excluded.member_id", self.cards)
-        tx.executemany(
-            """INSERT INTO member_summaries (member_id, originator_id, program_id, card_number, name, email, birthday,
-                   enrolled_at, tier, tier_since, version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        tx.insert(
+            "member_summaries", ("member_id", "originator_id", "program_id", "card_number", "name", "email", "birthday",
+                                 "enrolled_at", "tier", "tier_since", "version"),
             [(e.member_id, o, e.program_id, e.card_number, e.name, e.email, e.birthday, db_time(e.occurred_at),
               e.tier, db_time(e.occurred_at), e.originator_version) for o, e in self.enrolled.items()])
         self._look_up_members()
@@ -148,9 +148,8 @@ class _Fold:
             remaining = lot["points"] + self.lot_delta.pop((originator, lot_id), 0)
             rows.append((member_id, lot_id, program_id, lot["issuer"], lot["points"], lot["earned_at"],
                          lot["available_at"], lot["expires_at"], remaining))
-        tx.executemany(
-            """INSERT INTO member_lots (member_id, lot_id, program_id, issuer, points, earned_at, available_at,
-                   expires_at, remaining) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""", rows)
+        tx.insert("member_lots", ("member_id", "lot_id", "program_id", "issuer", "points", "earned_at", "available_at",
+                                  "expires_at", "remaining"), rows)
         tx.executemany(
             "UPDATE member_lots SET remaining = remaining + %s WHERE member_id = %s AND lot_id = %s",
             [(delta, self.member(o)[0], lot_id) for (o, lot_id), delta in self.lot_delta.items() if delta])

@@ -6,7 +6,7 @@ from typing import Any
 
 from domain.member import Member
 from projections.base import Projection, Stored
-from projections.store import Transaction, db_time
+from projections.store import Transaction, db_time, select_in
 
 
 class PostingsProjection(Projection):
@@ -28,42 +28,36 @@ class PostingsProjection(Projection):
 
     def apply(self, tx: Transaction, batch: list[Stored], context: Any) -> None:
         members: dict[str, tuple[str, str]] = {}
-
-        def member_of(originator: str) -> tuple[str, str]:
-            if originator not in members:
-                row = tx.execute("SELECT member_id, program_id FROM postings_members WHERE originator_id = %s",
-                                 (originator,))[0]
-                members[originator] = (row[0], row[1])
-            return members[originator]
-
+        enrolled, postings, reversed_points = [], [], []
+        for stored in batch:
+            if isinstance(stored.event, Member.MemberEnrolled):
+                event = stored.event
+                members[str(event.originator_id)] = (event.member_id, event.program_id)
+                enrolled.append((str(event.originator_id), event.member_id, event.program_id))
+        tx.insert("postings_members", ("originator_id", "member_id", "program_id"), enrolled)
+        wanted = {str(s.event.originator_id) for s in batch
+                  if isinstance(s.event, (Member.PurchaseRecorded, Member.PurchaseReturned))} - set(members)
+        for originator, member_id, program_id in select_in(
+                tx, "SELECT originator_id, member_id, program_id FROM postings_members WHERE originator_id IN ({marks})",
+                sorted(wanted)):
+            members[originator] = (member_id, program_id)
         for stored in batch:
             event = stored.event
-            if not isinstance(event, Member.Event):
-                continue
-            originator = str(event.originator_id)
-            if isinstance(event, Member.MemberEnrolled):
-                members[originator] = (event.member_id, event.program_id)
-                tx.execute("INSERT INTO postings_members (originator_id, member_id, program_id) VALUES (%s, %s, %s)",
-                           (originator, event.member_id, event.program_id))
-            elif isinstance(event, Member.PurchaseRecorded):
-                member_id, program_id = member_of(originator)
-                tx.execute(
-                    """INSERT INTO partner_postings (partner_id, transaction_id, program_id, kind, member_id, store_id,
-                           amount, currency, points, original_transaction_id, occurred_at, recorded_at, position)
-                       VALUES (%s, %s, %s, 'purchase', %s, %s, %s, %s, %s, NULL, %s, %s, %s)""",
-                    (event.partner_id, event.transaction_id, program_id, member_id, event.store_id, str(event.amount),
-                     event.currency, event.points, db_time(event.occurred_at), db_time(event.timestamp),
-                     stored.position))
+            if isinstance(event, Member.PurchaseRecorded):
+                member_id, program_id = members[str(event.originator_id)]
+                postings.append((event.partner_id, event.transaction_id, program_id, "purchase", member_id,
+                                 event.store_id, str(event.amount), event.currency, event.points, None,
+                                 db_time(event.occurred_at), db_time(event.timestamp), stored.position))
             elif isinstance(event, Member.PurchaseReturned):
-                member_id, program_id = member_of(originator)
-                tx.execute(
-                    """INSERT INTO partner_postings (partner_id, transaction_id, program_id, kind, member_id, store_id,
-                           amount, currency, points, original_transaction_id, occurred_at, recorded_at, position)
-                       VALUES (%s, %s, %s, 'return', %s, NULL, %s, NULL, 0, %s, %s, %s, %s)""",
-                    (event.partner_id, event.transaction_id, program_id, member_id, str(event.amount),
-                     event.original_transaction_id, db_time(event.occurred_at), db_time(event.timestamp),
-                     stored.position))
+                member_id, program_id = members[str(event.originator_id)]
+                postings.append((event.partner_id, event.transaction_id, program_id, "return", member_id, None,
+                                 str(event.amount), None, 0, event.original_transaction_id,
+                                 db_time(event.occurred_at), db_time(event.timestamp), stored.position))
             elif isinstance(event, Member.AccrualReversed):
-                partner_id = event.purchase.partition(":")[0]
-                tx.execute("UPDATE partner_postings SET points = %s WHERE partner_id = %s AND transaction_id = %s",
-                           (-event.points, partner_id, event.return_transaction_id))
+                reversed_points.append((-event.points, event.purchase.partition(":")[0], event.return_transaction_id))
+        tx.insert("partner_postings", ("partner_id", "transaction_id", "program_id", "kind", "member_id", "store_id",
+                                       "amount", "currency", "points", "original_transaction_id", "occurred_at",
+                                       "recorded_at", "position"), postings)
+        # A return's points are known from the AccrualReversed that follows it (same batch or a later one).
+        tx.executemany("UPDATE partner_postings SET points = %s WHERE partner_id = %s AND transaction_id = %s",
+                       reversed_points)

@@ -182,27 +182,46 @@ class ProjectionRunner:
 
 
 class _Waiter:
+    """Waits for new events. On PostgreSQL: LISTEN on a connection of its own, reopened after a
+    database restart (the next catch-up reads whatever was notified meanwhile)."""
+
     def __init__(self, ledger: Ledger, store: ProjectionStore, poll_interval: float) -> None:
         self.poll_interval = poll_interval
+        self.conninfo: str | None = getattr(store, "conninfo", None) if store.kind == "postgresql" else None
+        self.channel = ledger.recorder.channel_name if self.conninfo else ""
         self.connection: Any = None
-        if store.kind == "postgresql":
-            import psycopg
-            from psycopg import sql
-
-            self.connection = psycopg.connect(store.conninfo, autocommit=True)  # type: ignore[attr-defined]
-            self.connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ledger.recorder.channel_name)))
 
     def wait(self, stop: threading.Event) -> None:
-        if self.connection is None:
+        if self.conninfo is None:
             stop.wait(self.poll_interval)
             return
-        # Woken by the recorder's NOTIFY on every insert; the timeout bounds a missed wake-up.
-        for _ in self.connection.notifies(timeout=1.0, stop_after=1):
-            pass
+        import psycopg
+
+        try:
+            if self.connection is None:
+                self.connection = self._listen()
+            # Woken by the recorder's NOTIFY on every insert; the timeout bounds a missed wake-up.
+            for _ in self.connection.notifies(timeout=1.0, stop_after=1):
+                pass
+        except psycopg.Error as error:
+            log.warning("lost the LISTEN connection; reconnecting", error=str(error).strip().splitlines()[0])
+            self.close()
+            stop.wait(1.0)
+
+    def _listen(self) -> Any:
+        import psycopg
+        from psycopg import sql
+
+        connection = psycopg.connect(self.conninfo, autocommit=True)
+        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        return connection
 
     def close(self) -> None:
         if self.connection is not None:
-            self.connection.close()
+            try:
+                self.connection.close()
+            finally:
+                self.connection = None
 
 
 def start_in_background(ledger: Ledger, store: ProjectionStore) -> tuple[threading.Thread, threading.Event]:

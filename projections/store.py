@@ -31,6 +31,30 @@ class Transaction(Protocol):
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+def select_in(tx: Transaction, sql: str, keys: Sequence[Any], chunk: int = 500) -> list[tuple[Any, ...]]:
+    """Rows for many keys, a few queries in all: `sql` has one `{marks}` where the IN list goes."""
+    rows: list[tuple[Any, ...]] = []
+    keys = list(dict.fromkeys(keys))
+    for offset in range(0, len(keys), chunk):
+        part = keys[offset:offset + chunk]
+        rows += tx.execute(sql.format(marks=", ".join(["%s"] * len(part))), part)
+    return rows
+
+
+def select_pairs(tx: Transaction, sql: str, columns: tuple[str, str], keys: Sequence[tuple[Any, Any]],
+                 chunk: int = 250) -> list[tuple[Any, ...]]:
+    """Rows for many two-column keys: `sql` has one `{pairs}` where the condition goes."""
+    rows: list[tuple[Any, ...]] = []
+    keys = list(dict.fromkeys(keys))
+    for offset in range(0, len(keys), chunk):
+        part = keys[offset:offset + chunk]
+        condition = " OR ".join([f"({columns[0]} = %s AND {columns[1]} = %s)"] * len(part))
+        rows += tx.execute(sql.format(pairs=condition), [value for key in part for value in key])
+    return rows
+
 
 class ProjectionStore:
     """SQL written with %s placeholders and portable upserts (ON CONFLICT ... DO UPDATE)."""
@@ -59,6 +83,11 @@ class _SqliteTransaction:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._connection.executemany(sql.replace("%s", "?"), [tuple(r) for r in rows])
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        marks = ", ".join(["?"] * len(columns))
+        self._connection.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                                     [tuple(r) for r in rows])
 
 
 class SqliteStore(ProjectionStore):
@@ -106,6 +135,14 @@ class _PostgresTransaction:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             self._cursor.executemany(sql, [tuple(r) for r in rows])
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """COPY: many rows in one stream instead of one statement each."""
+        if not rows:
+            return
+        with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 class PostgresStore(ProjectionStore):

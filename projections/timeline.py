@@ -13,7 +13,7 @@ from typing import Any
 from domain.member import Member
 from projections.base import Projection, Stored
 from projections.lot_changes import lot_deltas, new_lot
-from projections.store import Transaction, db_time
+from projections.store import Transaction, db_time, select_in, select_pairs
 
 
 class TimelineProjection(Projection):
@@ -63,38 +63,27 @@ class TimelineProjection(Projection):
                 movements.append((originator, event.originator_version, lot_id, delta, occurred, recorded))
             if isinstance(event, Member.TierChanged):
                 tiers.append((originator, event.originator_version, event.to_tier, occurred, recorded))
-        tx.executemany("INSERT INTO member_timeline (member_id, originator_id, base_tier, recorded_at, version)"
-                       " VALUES (%s, %s, %s, %s, %s)", enrolled)
-        unknown = sorted(set(versions) - set(members))
-        for offset in range(0, len(unknown), 500):
-            chunk = unknown[offset:offset + 500]
-            marks = ", ".join(["%s"] * len(chunk))
-            members.update(tx.execute(
-                f"SELECT originator_id, member_id FROM member_timeline WHERE originator_id IN ({marks})", chunk))
+        tx.insert("member_timeline", ("member_id", "originator_id", "base_tier", "recorded_at", "version"), enrolled)
+        members.update(select_in(tx, "SELECT originator_id, member_id FROM member_timeline WHERE originator_id IN ({marks})",
+                                 sorted(set(versions) - set(members))))
         tx.executemany("UPDATE member_timeline SET version = %s WHERE originator_id = %s",
                        [(version, originator) for originator, version in versions.items()])
-        tx.executemany("INSERT INTO member_timeline_lots (member_id, lot_id, available_at, expires_at)"
-                       " VALUES (%s, %s, %s, %s)", [(members[o], *rest) for o, *rest in lots])
+        tx.insert("member_timeline_lots", ("member_id", "lot_id", "available_at", "expires_at"),
+                  [(members[o], *rest) for o, *rest in lots])
         self._look_up_dates(tx, members, dates, {(o, lot_id) for o, _, lot_id, *_ in movements} - set(dates))
-        tx.executemany(
-            "INSERT INTO member_lot_movements (member_id, version, lot_id, delta, occurred_at, recorded_at,"
-            " available_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [(members[o], version, lot_id, *rest, *dates[(o, lot_id)]) for o, version, lot_id, *rest in movements])
-        tx.executemany("INSERT INTO member_tier_changes (member_id, version, tier, occurred_at, recorded_at)"
-                       " VALUES (%s, %s, %s, %s, %s)", [(members[o], *rest) for o, *rest in tiers])
+        tx.insert("member_lot_movements", ("member_id", "version", "lot_id", "delta", "occurred_at", "recorded_at",
+                                           "available_at", "expires_at"),
+                  [(members[o], version, lot_id, *rest, *dates[(o, lot_id)]) for o, version, lot_id, *rest in movements])
+        tx.insert("member_tier_changes", ("member_id", "version", "tier", "occurred_at", "recorded_at"),
+                  [(members[o], *rest) for o, *rest in tiers])
 
     @staticmethod
     def _look_up_dates(tx: Transaction, members: dict[str, str],
                        dates: dict[tuple[str, str], tuple[str | None, str | None]],
                        wanted: set[tuple[str, str]]) -> None:
-        """Dates of lots created in earlier batches, one query per 500 lots."""
-        keys = sorted(wanted)
-        by_member = {members[o]: o for o, _ in keys}
-        for offset in range(0, len(keys), 500):
-            chunk = keys[offset:offset + 500]
-            condition = " OR ".join(["(member_id = %s AND lot_id = %s)"] * len(chunk))
-            params = [value for o, lot_id in chunk for value in (members[o], lot_id)]
-            for member_id, lot_id, available_at, expires_at in tx.execute(
-                    f"SELECT member_id, lot_id, available_at, expires_at FROM member_timeline_lots WHERE {condition}",
-                    params):
-                dates[(by_member[member_id], lot_id)] = (available_at, expires_at)
+        """Dates of lots created in earlier batches."""
+        by_member = {members[o]: o for o, _ in wanted}
+        for member_id, lot_id, available_at, expires_at in select_pairs(
+                tx, "SELECT member_id, lot_id, available_at, expires_at FROM member_timeline_lots WHERE {pairs}",
+                ("member_id", "lot_id"), sorted((members[o], lot_id) for o, lot_id in wanted)):
+            dates[(by_member[member_id], lot_id)] = (available_at, expires_at)
