@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -104,6 +105,12 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
     def start_request() -> Response | None:
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
         g.started = time.perf_counter()
+        if _UNSTORABLE.search(request.path):  # no resource is named so
+            return problem("not-found", detail="the path holds a NUL or an unpaired surrogate character")
+        bad_args = sorted(k for k, v in request.args.items(multi=True) if _UNSTORABLE.search(k + v))
+        if bad_args:
+            return problem("validation-error", detail="a query parameter holds a NUL or an unpaired surrogate",
+                           errors={k: ["must not hold a NUL or an unpaired surrogate character"] for k in bad_args})
         if request.method in ("POST", "PUT", "PATCH") and request.content_length:
             if request.mimetype == "text/csv" and request.path == "/v1/reconciliations/partner-statements":
                 return None
@@ -112,9 +119,13 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
             try:
                 # Parsed once here so that hostile JSON (nesting deep enough to exhaust the stack,
                 # integers of thousands of digits) is a 400, not an error deep in a parser.
-                json.loads(request.get_data(cache=True))
+                document = json.loads(request.get_data(cache=True), object_pairs_hook=_no_duplicate_keys)
             except (ValueError, RecursionError) as error:
                 return problem("malformed-request", detail=f"the body is not acceptable JSON: {str(error)[:120]}")
+            unstorable = _unstorable_strings(document)
+            if unstorable:
+                return problem("validation-error", detail="text holds a NUL or an unpaired surrogate character",
+                               errors={f: ["must not hold a NUL or an unpaired surrogate character"] for f in unstorable})
         return None
 
     @app.after_request
@@ -133,6 +144,38 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
         return response
 
     return app
+
+
+# Characters no database text column stores (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"duplicate keys: {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
+    return dict(pairs)
+
+
+def _unstorable_strings(document: Any) -> list[str]:
+    """Where in the document (dotted paths) a key or string is not storable text."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack and len(found) < 20:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                found.append(path or "body")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{path}.{key}" if path else str(key)
+                if _UNSTORABLE.search(str(key)):
+                    found.append(name.encode("utf-8", "backslashreplace").decode())
+                else:
+                    stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}", item) for index, item in enumerate(value))
+    return sorted(found)
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:

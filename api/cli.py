@@ -354,7 +354,8 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     config = load_config()
-    ledger = build_ledger(config)
+    # A small member cache keeps the importer's memory flat however many members the file names.
+    ledger = build_ledger(config, cache_size=1000)
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
     with path.open(encoding="utf-8") as counting:
         total = sum(1 for line in counting if line.strip()) - (1 if kind == "csv" else 0)

@@ -9,6 +9,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from domain.api_key import ROLES
+from domain.calendar import EARLIEST, LATEST
 from domain.member import ADJUSTMENT_REASONS
 
 DECIMAL = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,10})?")
@@ -46,7 +47,24 @@ def Points(**kwargs: Any) -> fields.Integer:  # noqa: N802 - a field factory rea
     return fields.Integer(strict=True, **kwargs)
 
 
-Time = fields.AwareDateTime
+class Time(fields.AwareDateTime):
+    """RFC 3339 with an offset, within the ledger's range of effective times."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        if not EARLIEST <= moment < LATEST:
+            raise ValidationError(f"must be from {EARLIEST.year} up to {LATEST.year}")
+        return moment
+
+
+class Day(fields.Date):
+    """A calendar day (UTC) within the ledger's range of effective times."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        day = super()._deserialize(value, attr, data, **kwargs)
+        if not EARLIEST.date() <= day < LATEST.date():
+            raise ValidationError(f"must be from {EARLIEST.year} up to {LATEST.year}")
+        return day
 
 
 # ---- problems ---------------------------------------------------------------------------------
@@ -506,8 +524,8 @@ class ReversalSchema(Schema):
 
 class PeriodQuerySchema(StrictSchema):
     program_id = fields.String(required=True, validate=validate.Regexp(SLUG))
-    from_ = fields.Date(required=True, data_key="from", metadata={"description": "First day (UTC), included."})
-    to = fields.Date(required=True, metadata={"description": "Last day (UTC), included."})
+    from_ = Day(required=True, data_key="from", metadata={"description": "First day (UTC), included."})
+    to = Day(required=True, metadata={"description": "Last day (UTC), included."})
 
     @validates_schema
     def ordered(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -588,8 +606,8 @@ class RevenueSchema(RevenuePeriodSchema):
 
 class StatementQuerySchema(StrictSchema):
     partner_id = fields.String(required=True, validate=validate.Regexp(SLUG))
-    from_ = fields.Date(required=True, data_key="from")
-    to = fields.Date(required=True)
+    from_ = Day(required=True, data_key="from")
+    to = Day(required=True)
 
 
 class StatementSchema(Schema):

@@ -32,7 +32,7 @@ from application.commands import (
     ReviewTier,
     ReviseProgram,
 )
-from application.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
+from application.errors import ApplicationError, Conflict, IdempotencyConflict, InvalidRequest, NotFound
 from application.unit_of_work import UnitOfWork
 from application.views import balance_view, json_value, member_view, program_view, rfc3339
 from domain.adjustment_request import APPROVED, PENDING, REJECTED, AdjustmentRequest
@@ -438,31 +438,56 @@ LEDGER_HANDLERS: dict[type, Handler] = {
 def prefetch(uow: UnitOfWork, commands: list[Command]) -> None:
     """Loads what a batch of postings will look at in two queries instead of several per
     command: first partners and members, then (knowing the partners' programs) the programs,
-    cards and receipts. Only an optimisation: handlers still find everything themselves."""
+    cards and receipts. Only an optimisation: handlers still find (and validate) everything
+    themselves, so a command whose ids are invalid is simply left out here."""
     first: list[Any] = []
     for cmd in commands:
-        if isinstance(cmd, (RecordPurchase, ReturnPurchase)):
-            first.append(partner_id_to_uuid(cmd.partner_id))
-        if isinstance(cmd, (RecordPurchase, Redeem)) and cmd.member_id is not None:
-            first.append(member_id_to_uuid(cmd.member_id))
+        first += _quietly(_first_ids, cmd)
     if not first:
         return
     uow.prefetch(first)
     second: list[Any] = []
     for cmd in commands:
-        if isinstance(cmd, (RecordPurchase, ReturnPurchase)):
-            partner = uow.find(Partner, partner_id_to_uuid(cmd.partner_id))
-            if partner is None:
-                continue
-            second.append(program_id_to_uuid(partner.program_id))
-            second.append(Receipt.create_id("posting", [partner.program_id, partner.partner_id, cmd.transaction_id]))
-            if isinstance(cmd, ReturnPurchase):
-                second.append(Receipt.create_id(
-                    "posting", [partner.program_id, partner.partner_id, cmd.original_transaction_id]))
-            elif cmd.member_id is None and cmd.card_number is not None:
-                second.append(card_uuid(partner.program_id, cmd.card_number))
-        elif isinstance(cmd, Redeem):
-            member = uow.find(Member, member_id_to_uuid(cmd.member_id))
-            if member is not None:
-                second.append(Receipt.create_id("redemption", [member.member_id, cmd.redemption_id]))
+        second += _quietly(_second_ids, cmd, uow)
     uow.prefetch(second)
+
+
+def _quietly(ids: Callable[..., list[Any]], *args: Any) -> list[Any]:
+    try:
+        return ids(*args)
+    except (DomainError, ApplicationError, ValueError):  # UnicodeError is a ValueError
+        return []
+
+
+def _first_ids(cmd: Command) -> list[Any]:
+    ids = []
+    if isinstance(cmd, (RecordPurchase, ReturnPurchase)):
+        check_identifier(cmd.partner_id, "partner_id")
+        ids.append(partner_id_to_uuid(cmd.partner_id))
+    if isinstance(cmd, (RecordPurchase, Redeem)) and cmd.member_id is not None:
+        check_identifier(cmd.member_id, "member_id")
+        ids.append(member_id_to_uuid(cmd.member_id))
+    return ids
+
+
+def _second_ids(cmd: Command, uow: UnitOfWork) -> list[Any]:
+    ids: list[Any] = []
+    if isinstance(cmd, (RecordPurchase, ReturnPurchase)):
+        partner = uow.find(Partner, partner_id_to_uuid(cmd.partner_id))
+        if partner is None:
+            return []
+        check_identifier(cmd.transaction_id, "transaction_id")
+        ids.append(program_id_to_uuid(partner.program_id))
+        ids.append(Receipt.create_id("posting", [partner.program_id, partner.partner_id, cmd.transaction_id]))
+        if isinstance(cmd, ReturnPurchase):
+            check_identifier(cmd.original_transaction_id, "original_transaction_id")
+            ids.append(Receipt.create_id("posting", [partner.program_id, partner.partner_id, cmd.original_transaction_id]))
+        elif cmd.member_id is None and cmd.card_number is not None:
+            check_identifier(cmd.card_number, "card_number")
+            ids.append(card_uuid(partner.program_id, cmd.card_number))
+    elif isinstance(cmd, Redeem):
+        member = uow.find(Member, member_id_to_uuid(cmd.member_id))
+        if member is not None:
+            check_identifier(cmd.redemption_id, "redemption_id")
+            ids.append(Receipt.create_id("redemption", [member.member_id, cmd.redemption_id]))
+    return ids

@@ -17,7 +17,8 @@ def db_time(moment: datetime | None) -> str | None:
     """Times as fixed-width UTC text: sortable and comparable the same way in both databases."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits (strftime's %Y does not, for years before 1000).
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def from_db_time(text: str | None) -> datetime | None:
