@@ -14,7 +14,9 @@ from typing import Any
 from bench.common import (
     PARTNER_ID,
     Http,
+    ProjectionProcess,
     Server,
+    head,
     fresh_database,
     log,
     median,
@@ -82,8 +84,13 @@ def run(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "middle (50%)": first + span / 2,
             "after the last event": last + timedelta(days=1),
         }
+        # The PostgreSQL deployment: projections run beside the server (the as-of route reads the
+        # member timeline; timed only once it holds the whole history).
+        projections = ProjectionProcess(database, workdir).start()
         server = Server(database, workdir).start()
         try:
+            caught_up_in = wait_for_projections(database, head(database))
+            log(f"P4: projections caught up with {history['member_events']:,} member events in {caught_up_in} s")
             http = Http(server.port, world.auditor_key)
             # A reference: an authenticated read of the program (no member replay).
             times, statuses = timed_gets(http, "/v1/programs/bench", 20)
@@ -108,5 +115,18 @@ def run(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
             memory = server.memory()
         finally:
             server.stop()
+            projections.stop()
     return {"settings": settings, "history": history, "as_of": results, "baseline": baseline,
-            "server_memory": memory}
+            "server_memory": memory, "projections_caught_up_s": caught_up_in}
+
+
+def wait_for_projections(database: Any, target: int, timeout: float = 600) -> float:
+    """Seconds until every projection's position reached `target`."""
+    started = time.monotonic()
+    with database.connect() as conn:
+        while time.monotonic() - started < timeout:
+            rows = conn.execute("SELECT COUNT(*), MIN(position) FROM projection_positions").fetchone()
+            if rows[0] and rows[1] >= target:
+                return round(time.monotonic() - started, 2)
+            time.sleep(0.2)
+    raise RuntimeError(f"projections did not reach position {target} within {timeout} s")

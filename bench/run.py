@@ -27,7 +27,7 @@ FULL: dict[str, Any] = {
            "workers": 2, "threads": 8, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
     "P2": {"runs": 3, "rows": 20_000, "smaller_rows": [5_000, 10_000], "members": 2_000},
     "P3": {"rebuild_runs": 3, "lag": {"runs": 3, "rate_per_s": 100, "duration_s": 20, "members": 200}},
-    "P4": {"runs": 3, "requests": 3, "member_events": 10_000},
+    "P4": {"runs": 3, "requests": 50, "member_events": 10_000},
     "P5": {"runs": 3, "requests": 20, "grow_seconds": 90, "grow_chunk_rows": 20_000, "members": 2_000},
 }
 QUICK: dict[str, Any] = {

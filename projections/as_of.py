@@ -19,9 +19,20 @@ from domain.identity import member_id_to_uuid
 from domain.lots import AVAILABLE, DUE, PENDING, Lot
 from domain.member import Member
 from projections.lot_changes import lot_deltas, new_lot
-from projections.store import ProjectionStore, db_time, from_db_time
+from projections.store import ProjectionStore, Transaction, from_micros, micros
 
-_CLASSIFIED = """
+# Lots never flagged (see projections/timeline.py) cannot sum below zero over any subset of
+# their events, so each movement is classified by its lot's dates alone, with no grouping.
+_BY_MOVEMENT = """
+    SELECT COALESCE(SUM(CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN 0
+                             WHEN m.available_at > %s THEN 0 ELSE m.delta END), 0),
+           COALESCE(SUM(CASE WHEN (m.expires_at IS NULL OR m.expires_at > %s) AND m.available_at > %s
+                             THEN m.delta ELSE 0 END), 0),
+           COALESCE(SUM(CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN m.delta ELSE 0 END), 0)
+    FROM member_lot_movements m WHERE {filter}
+      AND NOT EXISTS (SELECT 1 FROM member_flagged_lots f WHERE f.member_id = m.member_id AND f.lot_id = m.lot_id)"""
+# Flagged lots: summed lot by lot, then classified like Lot.state_at (debt counts as available).
+_BY_LOT = """
     SELECT COALESCE(SUM(CASE WHEN m.remaining < 0 THEN m.remaining
                              WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN 0
                              WHEN m.available_at > %s THEN 0 ELSE m.remaining END), 0),
@@ -29,54 +40,62 @@ _CLASSIFIED = """
                              AND m.available_at > %s THEN m.remaining ELSE 0 END), 0),
            COALESCE(SUM(CASE WHEN m.remaining > 0 AND m.expires_at IS NOT NULL AND m.expires_at <= %s
                              THEN m.remaining ELSE 0 END), 0)
-    FROM ({movements}) m"""
+    FROM (SELECT m.lot_id, SUM(m.delta) AS remaining, MIN(m.available_at) AS available_at,
+                 MIN(m.expires_at) AS expires_at
+          FROM member_lot_movements m JOIN member_flagged_lots f ON f.member_id = m.member_id AND f.lot_id = m.lot_id
+          WHERE {filter} GROUP BY m.lot_id) m"""
 
 
 def timeline_balance(store: ProjectionStore, ledger: Ledger, member_id: str, as_of: datetime | None,
                      known_at: datetime | None) -> dict[str, Any] | None:
     """The as-of balance, or None when the timeline does not hold the member (yet)."""
-    rows = store.query(
-        """SELECT t.base_tier, t.recorded_at, t.version FROM member_timeline t, projection_positions p
-           WHERE t.member_id = %s AND p.name = 'timeline' AND p.rebuilding = 0""", (member_id,))
-    if not rows:
-        return None
-    base_tier, enrolled_recorded_at, version = rows[0][0], rows[0][1], int(rows[0][2])
-    moment = as_of or ledger.clock()
-    t, known = db_time(moment), db_time(known_at)
-    if known is not None and enrolled_recorded_at > known:
-        raise NotFound(f"member {member_id!r} was not yet known at {rfc3339(known_at)}")
+    with store.reading() as tx:
+        rows = tx.execute(
+            """SELECT t.base_tier, t.recorded_at, t.version FROM member_timeline t, projection_positions p
+               WHERE t.member_id = %s AND p.name = 'timeline' AND p.rebuilding = 0""", (member_id,))
+        if not rows:
+            return None
+        base_tier, enrolled_recorded_at, version = rows[0][0], int(rows[0][1]), int(rows[0][2])
+        moment = as_of or ledger.clock()
+        t, known = micros(moment), micros(known_at)
+        if known is not None and enrolled_recorded_at > known:
+            raise NotFound(f"member {member_id!r} was not yet known at {rfc3339(known_at)}")
 
-    def passes(event: Member.Event) -> bool:
-        return event.occurred_at <= moment and (known_at is None or event.timestamp <= known_at)
+        def passes(event: Member.Event) -> bool:
+            return event.occurred_at <= moment and (known_at is None or event.timestamp <= known_at)
 
-    tail = [e for e in ledger.events.get(member_id_to_uuid(member_id), gt=version) if passes(e)]
-    movements = ("SELECT lot_id, SUM(delta) AS remaining, MIN(available_at) AS available_at,"
-                 " MIN(expires_at) AS expires_at FROM member_lot_movements"
-                 " WHERE member_id = %s AND version <= %s AND occurred_at <= %s"
-                 + (" AND recorded_at <= %s" if known else "") + " GROUP BY lot_id")
-    params: list[Any] = [member_id, version, t] + ([known] if known else [])
-    if not tail:
-        available, pending, due = store.query(_CLASSIFIED.format(movements=movements),
-                                              [t, t, t, t, t, *params])[0]
-        totals = {AVAILABLE: int(available), PENDING: int(pending), DUE: int(due)}
-    else:
-        totals = _with_tail(store, movements, params, member_id, tail, moment)
-    tier = _tier(store, member_id, version, t, known, tail) or base_tier
+        tail = [e for e in ledger.events.get(member_id_to_uuid(member_id), gt=version) if passes(e)]
+        movements = ("SELECT lot_id, SUM(delta) AS remaining, MIN(available_at) AS available_at,"
+                     " MIN(expires_at) AS expires_at FROM member_lot_movements"
+                     " WHERE member_id = %s AND version <= %s AND occurred_at <= %s"
+                     + (" AND recorded_at <= %s" if known is not None else "") + " GROUP BY lot_id")
+        params: list[Any] = [member_id, version, t] + ([known] if known is not None else [])
+        if not tail:
+            where = ("m.member_id = %s AND m.version <= %s AND m.occurred_at <= %s"
+                     + (" AND m.recorded_at <= %s" if known is not None else ""))
+            totals = {AVAILABLE: 0, PENDING: 0, DUE: 0}
+            for statement in (_BY_MOVEMENT, _BY_LOT):
+                for state, points in zip((AVAILABLE, PENDING, DUE),
+                                         tx.execute(statement.format(filter=where), [t, t, t, t, t, *params])[0]):
+                    totals[state] += int(points)
+        else:
+            totals = _with_tail(tx, movements, params, tail, moment)
+        tier = _tier(tx, member_id, version, t, known, tail) or base_tier
     return {
         "member_id": member_id, "as_of": rfc3339(moment), "known_at": None if known_at is None else rfc3339(known_at),
         "available": totals[AVAILABLE], "pending": totals[PENDING], "due_for_expiry": totals[DUE], "tier": tier,
     }
 
 
-def _with_tail(store: ProjectionStore, movements: str, params: list[Any], member_id: str,
-               tail: list[Member.Event], moment: datetime) -> dict[str, int]:
+def _with_tail(tx: Transaction, movements: str, params: list[Any], tail: list[Member.Event],
+               moment: datetime) -> dict[str, int]:
     """Lot by lot: the projected remainders plus the tail's movements, classified like Lot.state_at."""
     remaining: dict[str, int] = defaultdict(int)
     dates: dict[str, tuple[datetime, datetime | None]] = {}
-    for lot_id, points, available_at, expires_at in store.query(
+    for lot_id, points, available_at, expires_at in tx.execute(
             f"SELECT lot_id, remaining, available_at, expires_at FROM ({movements}) m", params):
         remaining[lot_id] += int(points)
-        dates[lot_id] = (from_db_time(available_at), from_db_time(expires_at))  # type: ignore[assignment]
+        dates[lot_id] = (from_micros(available_at), from_micros(expires_at))  # type: ignore[assignment]
     for event in tail:
         created = new_lot(event)
         if created is not None:
@@ -93,13 +112,13 @@ def _with_tail(store: ProjectionStore, movements: str, params: list[Any], member
     return totals
 
 
-def _tier(store: ProjectionStore, member_id: str, version: int, t: str | None, known: str | None,
+def _tier(tx: Transaction, member_id: str, version: int, t: int | None, known: int | None,
           tail: list[Member.Event]) -> str | None:
     for event in reversed(tail):
         if isinstance(event, Member.TierChanged):
             return event.to_tier
-    rows = store.query(
+    rows = tx.execute(
         "SELECT tier FROM member_tier_changes WHERE member_id = %s AND version <= %s AND occurred_at <= %s"
-        + (" AND recorded_at <= %s" if known else "") + " ORDER BY version DESC LIMIT 1",
-        [member_id, version, t] + ([known] if known else []))
+        + (" AND recorded_at <= %s" if known is not None else "") + " ORDER BY version DESC LIMIT 1",
+        [member_id, version, t] + ([known] if known is not None else []))
     return rows[0][0] if rows else None

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from infrastructure.config import Database
@@ -19,6 +19,19 @@ def db_time(moment: datetime | None) -> str | None:
         return None
     # isoformat pads the year to four digits (strftime's %Y does not, for years before 1000).
     return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime | None) -> int | None:
+    """Times as integer microseconds since 1970 (UTC): for tables that compare and sum many."""
+    return None if moment is None else (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + int(value) * _MICROSECOND
 
 
 def from_db_time(text: str | None) -> datetime | None:
@@ -67,8 +80,14 @@ class ProjectionStore:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """A transaction for queries: several reads on one connection."""
         with self.transaction() as tx:
+            yield tx
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.reading() as tx:
             return tx.execute(sql, params)
 
     def close(self) -> None:
@@ -111,6 +130,18 @@ class SqliteStore(ProjectionStore):
         # IMMEDIATE takes the write lock at once: a runner reads its position and applies the
         # events after it without another runner slipping in between.
         connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteTransaction(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        # Deferred: readers share the database and never wait for the write lock.
+        connection = self._connection()
+        connection.execute("BEGIN")
         try:
             yield _SqliteTransaction(connection)
         except BaseException:
