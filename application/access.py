@@ -86,7 +86,7 @@ def authenticate(uow: UnitOfWork, presented: str, admin_key: str | None) -> Prin
         return None
     key_id, secret = parsed
     try:
-        key = uow.find(ApiKey, ApiKey.create_id(key_id))
+        key = uow.find_uncached(ApiKey, ApiKey.create_id(key_id))
     except InvalidIdentifier:
         return None
     if key is None or not key.accepts(secret):

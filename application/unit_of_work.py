@@ -52,6 +52,13 @@ class UnitOfWork:
         self._marks.setdefault(aggregate_id, len(aggregate.pending_events))
         return aggregate if isinstance(aggregate, cls) else None
 
+    def find_uncached(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        """Straight from the event store, past the cache and its per-aggregate fast-forward lock,
+        which would make every request's read of one hot, tiny aggregate (an API key) wait in
+        line for the others'."""
+        aggregate = mutate_all(None, self._app.events.get(aggregate_id))
+        return aggregate if isinstance(aggregate, cls) else None
+
     def refresh(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """Reads an aggregate again (this unit must not have changed it)."""
         self._aggregates.pop(aggregate_id, None)
