@@ -3,6 +3,7 @@ PostgreSQL schema), so rows and the position they were built to commit together.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -124,24 +125,19 @@ class SqliteStore(ProjectionStore):
             self._local.connection = connection
         return connection
 
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        connection = self._connection()
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         # IMMEDIATE takes the write lock at once: a runner reads its position and applies the
         # events after it without another runner slipping in between.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield _SqliteTransaction(connection)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        return self._begun("BEGIN IMMEDIATE")
+
+    def reading(self) -> contextlib.AbstractContextManager[Transaction]:
+        # Deferred: readers share the database and never wait for the write lock.
+        return self._begun("BEGIN")
 
     @contextmanager
-    def reading(self) -> Iterator[Transaction]:
-        # Deferred: readers share the database and never wait for the write lock.
+    def _begun(self, begin: str) -> Iterator[Transaction]:
         connection = self._connection()
-        connection.execute("BEGIN")
+        connection.execute(begin)
         try:
             yield _SqliteTransaction(connection)
         except BaseException:
