@@ -36,8 +36,18 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 _HTTP_SLUGS = {
     400: "malformed-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
     405: "method-not-allowed", 406: "not-acceptable", 409: "conflict", 413: "payload-too-large",
-    415: "unsupported-media-type", 422: "validation-error",
+    414: "uri-too-long", 415: "unsupported-media-type", 422: "validation-error",
+    431: "headers-too-large",
 }
+
+
+def problem_bytes(status: int, title: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 problem response, for errors answered before Flask sees the request."""
+    slug = _HTTP_SLUGS.get(status, "server-error" if status >= 500 else "malformed-request")
+    body = json.dumps({"type": slug, "title": title, "status": status, "detail": detail[:500]}).encode()
+    head = (f"HTTP/1.1 {status} {title}\r\nConnection: close\r\nContent-Type: {PROBLEM_JSON}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
 
 
 def problem(slug: str, detail: str | None = None, errors: dict[str, Any] | None = None,

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from infrastructure.config import Config
+
+
+def _write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    from api.problems import problem_bytes
+
+    util.write_nonblock(sock, problem_bytes(status_int, reason, mesg))
+
+
+class ProblemThreadWorker(ThreadWorker):
+    """gunicorn's threaded worker, answering what it refuses itself (an over-long request line,
+    too many headers, a malformed request line) as problem+json instead of an HTML page."""
+
+    def init_process(self) -> None:
+        util.write_error = _write_problem  # this worker process only; the master never answers
+        super().init_process()
 
 
 class LedgerServer(BaseApplication):
@@ -51,7 +68,7 @@ def serve(config: Config, host: str, port: int, workers: int, threads: int, run_
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",  # group commit needs concurrency inside each process
+        "worker_class": "api.serve.ProblemThreadWorker",  # threads: group commit needs concurrency
         "preload_app": False,
         "timeout": 60,
         "graceful_timeout": 10,
