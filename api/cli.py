@@ -85,7 +85,8 @@ def demo(members: int, seed: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Processes.")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per process.")
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(1, 256),
+              help="Threads per process: they mostly wait for the group commit, and more of them make larger batches.")
 @click.option("--projections/--no-projections", "run_projections", default=None,
               help="Run the projection runner inside the server. Default: on for SQLite; on PostgreSQL run "
                    "`loyalty projections run` as its own process instead.")

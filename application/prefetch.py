@@ -25,15 +25,19 @@ def _postgres(recorder: Any, ids: list[UUID]) -> dict[UUID, int]:
     from psycopg import InterfaceError, OperationalError
     from psycopg.sql import SQL, Identifier
 
-    statement = SQL("SELECT originator_id, MAX(originator_version) AS version FROM {schema}.{table}"
-                    " WHERE originator_id = ANY(%s) GROUP BY originator_id").format(
+    # One index probe per id (newest version first), whatever plan a prepared statement gets:
+    # `= ANY(array) GROUP BY` can be planned, generically, as a scan of the whole table.
+    statement = SQL("SELECT i.id AS originator_id, (SELECT e.originator_version FROM {schema}.{table} e"
+                    " WHERE e.originator_id = i.id ORDER BY e.originator_version DESC LIMIT 1) AS version"
+                    " FROM unnest(%s::uuid[]) AS i(id)").format(
         schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own reads
     def select() -> dict[UUID, int]:
         with recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, (ids,), prepare=True)
-            return {row["originator_id"]: int(row["version"]) for row in cursor.fetchall()}
+            return {row["originator_id"]: int(row["version"]) for row in cursor.fetchall()
+                    if row["version"] is not None}
 
     return select()
 

@@ -307,7 +307,7 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 class Server:
     """`loyalty serve` (gunicorn, gthread workers) on a free loopback port."""
 
-    def __init__(self, database: Database, workdir: Path, workers: int = 2, threads: int = 8) -> None:
+    def __init__(self, database: Database, workdir: Path, workers: int = 2, threads: int = 32) -> None:
         self.database = database
         self.workdir = workdir
         self.workers = workers

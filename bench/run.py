@@ -24,7 +24,7 @@ from bench.common import drop_database, log, machine_info, median, pg_info  # no
 
 FULL: dict[str, Any] = {
     "P1": {"runs": 3, "clients": 32, "members_per_client": 10, "per_client": 250, "duration_s": 20,
-           "workers": 2, "threads": 8, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
+           "workers": 2, "threads": 32, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
     "P2": {"runs": 3, "rows": 20_000, "smaller_rows": [5_000, 10_000], "members": 2_000},
     "P3": {"rebuild_runs": 3, "lag": {"runs": 3, "rate_per_s": 100, "duration_s": 20, "members": 200}},
     "P4": {"runs": 3, "requests": 50, "member_events": 10_000},
@@ -32,7 +32,7 @@ FULL: dict[str, Any] = {
 }
 QUICK: dict[str, Any] = {
     "P1": {"runs": 1, "clients": 8, "members_per_client": 2, "per_client": 20, "duration_s": 10,
-           "workers": 2, "threads": 8, "pgbench_seconds": 3, "sweep_clients": [1, 4], "sweep_seconds": 2},
+           "workers": 2, "threads": 32, "pgbench_seconds": 3, "sweep_clients": [1, 4], "sweep_seconds": 2},
     "P2": {"runs": 1, "rows": 1_000, "smaller_rows": [250, 500], "members": 100},
     "P3": {"rebuild_runs": 1, "lag": {"runs": 1, "rate_per_s": 10, "duration_s": 3, "members": 20}},
     "P4": {"runs": 1, "requests": 5, "member_events": 400},
