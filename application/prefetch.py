@@ -22,7 +22,7 @@ def latest_versions(recorder: Any, ids: Sequence[UUID]) -> dict[UUID, int] | Non
 
 
 def _postgres(recorder: Any, ids: list[UUID]) -> dict[UUID, int]:
-    from psycopg import InterfaceError, OperationalError
+    from eventsourcing.persistence import InterfaceError, OperationalError  # what the datastore raises
     from psycopg.sql import SQL, Identifier
 
     # One index probe per id (newest version first), whatever plan a prepared statement gets:
