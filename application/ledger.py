@@ -71,12 +71,12 @@ class Ledger(Application):
         handler = HANDLERS[type(command)]
         for attempt in range(MAX_ATTEMPTS):
             uow = UnitOfWork(self)
-            prefetch(uow, [command])
             outcome = handler(uow, command, self.clock())
             try:
                 uow.commit()
             except IntegrityError:
-                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                # Exponential backoff with full jitter: many writers on one member spread out.
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                 continue
             return outcome
         raise Contention(f"gave up after {MAX_ATTEMPTS} attempts: too many concurrent writes on one member")
