@@ -16,7 +16,7 @@ from domain.member import Member
 from domain.receipts import CardRegistration
 from projections.base import Projection, Stored
 from projections.lot_changes import lot_deltas, new_lot
-from projections.store import Transaction, db_time
+from projections.store import Transaction, db_time, select_in
 
 LIFETIME = ("earned", "redeemed", "expired", "reversed", "adjusted")
 
@@ -112,14 +112,10 @@ class _Fold:
         return self.members[originator]
 
     def _look_up_members(self) -> None:
-        unknown = sorted(set(self.version) - set(self.members))
-        for offset in range(0, len(unknown), 500):
-            chunk = unknown[offset:offset + 500]
-            marks = ", ".join(["%s"] * len(chunk))
-            for originator, member_id, program_id in self.tx.execute(
-                    f"SELECT originator_id, member_id, program_id FROM member_summaries WHERE originator_id IN ({marks})",
-                    chunk):
-                self.members[originator] = (member_id, program_id)
+        for originator, member_id, program_id in select_in(
+                self.tx, "SELECT originator_id, member_id, program_id FROM member_summaries WHERE originator_id IN ({marks})",
+                sorted(set(self.version) - set(self.members))):
+            self.members[originator] = (member_id, program_id)
         missing = set(self.version) - set(self.members)
         if missing:
             raise LookupError(f"events for members never enrolled in the projection: {sorted(missing)[:3]}")
