@@ -344,7 +344,10 @@ def import_group() -> None:
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where refused rows go (default: FILE.rejects.jsonl).")
-def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejects_path: Path | None) -> None:
+@click.option("--cache-members", default=10_000, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="Members kept in memory between batches; memory grows with their histories.")
+def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejects_path: Path | None,
+                             cache_members: int) -> None:
     """Stream purchases from a .csv or .jsonl file, committing batches; safe to run again after a
     crash (rows already imported are recognised by their transaction ids and counted once)."""
     from application.bulk_import import file_kind, import_purchases
@@ -355,8 +358,9 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     config = load_config()
-    # A small member cache keeps the importer's memory flat however many members the file names.
-    ledger = build_ledger(config, cache_size=1000)
+    # The importer is its cache's only writer: members are changed in place, not copied per batch.
+    # A member the cache lost is reloaded with the rest of its batch (snapshot and later events).
+    ledger = build_ledger(config, cache_size=cache_members, single_writer=True)
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
     with path.open(encoding="utf-8") as counting:
         total = sum(1 for line in counting if line.strip()) - (1 if kind == "csv" else 0)

@@ -14,7 +14,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
-from application.prefetch import latest_versions
+from application.prefetch import latest_stored, latest_versions, stored_after
 from domain.receipts import CardRegistration, Receipt
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class UnitOfWork:
         self._aggregates: dict[UUID, Aggregate] = {}
         self._marks: dict[UUID, int] = {}  # pending events per aggregate when the command first touched it
         self._absent: set[UUID] = set()  # known not to exist when prefetched
+        # A process that is the only writer of its cache (the importer) changes cached
+        # aggregates in place instead of copying them, and forgets them if a change fails.
+        self._in_place: bool = getattr(app, "single_writer", False)
 
     def find(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """The aggregate as this unit sees it (its own changes included), or None."""
@@ -45,7 +48,8 @@ class UnitOfWork:
             if aggregate_id in self._absent:
                 return None
             try:
-                aggregate = self._app.repository.get(aggregate_id, projector_func=mutate_all)
+                aggregate = self._app.repository.get(aggregate_id, projector_func=mutate_all,
+                                                     deepcopy_from_cache=not self._in_place)
             except AggregateNotFoundError:
                 return None
             self._aggregates[aggregate_id] = aggregate
@@ -76,6 +80,7 @@ class UnitOfWork:
         versions = latest_versions(self._app.recorder, wanted)
         if versions is None:
             return
+        to_load = []
         for aggregate_id in wanted:
             version = versions.get(aggregate_id)
             if version is None:
@@ -85,7 +90,33 @@ class UnitOfWork:
             if cached is not None:
                 self._aggregates[aggregate_id] = cached
             else:
+                to_load.append(aggregate_id)
+        if to_load:
+            self._load_many(to_load)
+
+    def _load_many(self, ids: list[UUID]) -> None:
+        """Loads aggregates in two queries for them all: their newest snapshots, then the
+        events after those."""
+        app = self._app
+        snapshots = latest_stored(app.snapshots.recorder, ids) if app.snapshots is not None else {}
+        events = None if snapshots is None else stored_after(
+            app.recorder, {i: snapshots[i].originator_version if i in snapshots else 0 for i in ids})
+        if events is None:
+            for aggregate_id in ids:
                 self.find(Aggregate, aggregate_id)
+            return
+        histories: dict[UUID, list[Any]] = {}
+        for stored in events:
+            histories.setdefault(stored.originator_id, []).append(stored)
+        for aggregate_id in ids:
+            start = None
+            if aggregate_id in snapshots:
+                start = app.snapshots.mapper.to_domain_event(snapshots[aggregate_id]).mutate(None)
+            aggregate = mutate_all(start, map(app.mapper.to_domain_event, histories.get(aggregate_id, ())))
+            if aggregate is None:
+                self._absent.add(aggregate_id)
+            else:
+                self._aggregates[aggregate_id] = aggregate
 
     def _cached_copy(self, aggregate_id: UUID, version: int) -> Aggregate | None:
         repository = self._app.repository
@@ -99,7 +130,9 @@ class UnitOfWork:
                     cached = repository.cache.get(aggregate_id)
                 except KeyError:
                     return None
-                return deepcopy(cached) if cached.version == version else None
+                if cached.version != version:
+                    return None
+                return cached if self._in_place else deepcopy(cached)
         finally:
             repository._disuse_fastforward_lock(aggregate_id)  # noqa: SLF001
 
@@ -119,12 +152,22 @@ class UnitOfWork:
     def pending_count(self) -> int:
         return sum(len(a.pending_events) for a in self._aggregates.values())
 
+    def forget(self) -> None:
+        """After a failed change: aggregates changed in place must not stay in the cache."""
+        cache = self._app.repository.cache
+        if self._in_place and cache:
+            for aggregate_id in self._aggregates:
+                try:
+                    cache.get(aggregate_id, evict=True)
+                except KeyError:
+                    pass
+
     def commit(self) -> int:
         """Saves every pending event of every aggregate in one transaction; returns how many."""
         changed = [a for a in self._aggregates.values() if a.pending_events]
         count = self.pending_count()
         if changed:
-            self._app.save(*changed)
+            self._app.save_aggregates(changed)
             cache = self._app.repository.cache
             if cache:
                 # Saved and current: the next batch copies them instead of asking the store.

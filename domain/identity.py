@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from uuid import UUID, uuid5
 
 from domain.errors import InvalidIdentifier
@@ -10,6 +11,7 @@ from domain.errors import InvalidIdentifier
 _NAMESPACE = UUID("6f1d8f44-3c1e-5b7a-9a53-4c6f7a1e2b10")
 
 
+@lru_cache(maxsize=1 << 16)  # a command derives the same few ids several times (prefetch, checks, creation)
 def natural_id(kind: str, *parts: str) -> UUID:
     # The unit separator cannot appear in ids we accept, so keys never collide.
     return uuid5(_NAMESPACE, "\x1f".join((kind, *parts)))

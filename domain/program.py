@@ -99,8 +99,24 @@ class Program(Aggregate):
 
     def rules_at(self, moment: datetime) -> tuple[int, Rules]:
         revision = self.revision_at(moment)
-        return revision["revision"], Rules.from_dict(revision["rules"])
+        return revision["revision"], parsed_rules(revision["rules"])
 
     @property
     def current_rules(self) -> Rules:
-        return Rules.from_dict(self.revisions[-1]["rules"])
+        return parsed_rules(self.revisions[-1]["rules"])
+
+
+_PARSED: dict[int, tuple[dict[str, Any], Rules]] = {}
+
+
+def parsed_rules(rules: dict[str, Any]) -> Rules:
+    """Rules.from_dict, remembered for a revision's rules dict (never changed once recorded):
+    every posting values itself with them. The entry holds the dict, so its id stays its own."""
+    entry = _PARSED.get(id(rules))
+    if entry is not None and entry[0] is rules:
+        return entry[1]
+    parsed = Rules.from_dict(rules)
+    if len(_PARSED) >= 1024:
+        _PARSED.clear()
+    _PARSED[id(rules)] = (rules, parsed)
+    return parsed

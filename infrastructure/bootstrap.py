@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = utc_now,
-                 pool_size: int = 5, cache_size: int = 10_000) -> Ledger:
+                 pool_size: int = 5, cache_size: int = 10_000, single_writer: bool = False) -> Ledger:
     """Creates the ledger application on the configured database. Create the schema in one
     process before starting others: concurrent DDL on PostgreSQL fails."""
     database = config.database
@@ -24,7 +24,7 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     # version, so another process's writes are never missed.
     env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
     env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
-    return Ledger(env=env, clock=clock)
+    return Ledger(env=env, clock=clock, single_writer=single_writer)
 
 
 

@@ -213,15 +213,15 @@ def test_a_batch_that_loses_a_race_is_retried_command_by_command(
     # While a batch is being assembled, another process writes to the same member: the batch's
     # save fails on the version clash, and each command is then applied alone, none lost.
     other = open_ledger(database_url, clock, create_schema=False)
-    original_save = ledger.save
+    original_save = ledger.save_aggregates
     interfered = []
 
-    def save_after_interference(*aggregates, **kwargs):
+    def save_after_interference(aggregates):
         if not interfered:
             interfered.append(other.execute(purchase("t-other", "10", at=START)))
-        return original_save(*aggregates, **kwargs)
+        return original_save(aggregates)
 
-    ledger.save = save_after_interference  # type: ignore[method-assign]
+    ledger.save_aggregates = save_after_interference  # type: ignore[method-assign]
     results = ledger.execute_batch([purchase(f"t-{i}", "10", at=START) for i in range(5)] + [purchase("t-0", "10", at=START)])
     other.close()
 

@@ -1,0 +1,129 @@
+"""The batched write path on SQLite and PostgreSQL: aggregates a batch needs are loaded together
+(newest snapshots, then later events), snapshots are taken from the saved state, and a
+single-writer ledger (the importer) changes cached aggregates in place but never keeps a change
+that failed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from application.commands import Outcome
+from application.ledger import Ledger
+from domain.member import Member, replay_member
+from infrastructure.bootstrap import build_ledger
+from infrastructure.config import Config
+from test_ledger_story import START, Clock, purchase, set_up
+
+
+def state(member: Member) -> dict[str, Any]:
+    """What a member is, for comparing a loaded or cached one with a full replay."""
+    return {"version": member.version, "lots": member.lots, "purchases": member.purchases,
+            "lifetime": member.lifetime, "tier": member.tier, "lot_sequence": member.lot_sequence,
+            "latest_occurred_at": member.latest_occurred_at}
+
+
+def replayed(ledger: Ledger, member_id: str) -> dict[str, Any]:
+    member = replay_member(list(ledger.events.get(Member.create_id(member_id))))
+    assert member is not None
+    return state(member)
+
+
+def test_a_cold_ledger_loads_a_batchs_members_from_snapshots_in_bulk(database_url: str) -> None:
+    clock = Clock(START + timedelta(days=1))
+    writer = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(writer, members=("ann", "bob"))
+    # Ann: 130 purchases (261 events, snapshots on the way); Bob: 3, no snapshot.
+    writer.execute_batch([purchase(f"a-{i}", "3", at=START + timedelta(minutes=i)) for i in range(130)])
+    writer.execute_batch([purchase(f"b-{i}", "4", member_id="bob", at=START) for i in range(3)])
+    assert writer.snapshots is not None and list(writer.snapshots.get(Member.create_id("ann")))
+    writer.close()
+
+    cold = build_ledger(Config(database_url=database_url), clock=clock)
+    one_by_one: list[Any] = []
+    select_events = cold.recorder.select_events
+    cold.recorder.select_events = lambda *a, **k: one_by_one.append(a) or select_events(*a, **k)  # type: ignore[method-assign]
+    results = cold.execute_batch([purchase("a-new", "10"), purchase("b-new", "10", member_id="bob"),
+                                  purchase("a-0", "3", at=START)])  # the last one: a replay
+    assert [type(r) for r in results] == [Outcome] * 3
+    assert [r.replayed for r in results] == [False, False, True]
+    assert results[0].body["points_earned"] == 20 and results[1].body["points_earned"] == 20
+    assert one_by_one == []  # members, partner, program and receipts came from the bulk queries
+    cold.recorder.select_events = select_events  # type: ignore[method-assign]
+    for member_id in ("ann", "bob"):
+        assert state(cold.get_member(member_id)) == replayed(cold, member_id)
+    assert len(cold.get_member("ann").purchases) == 131
+    cold.close()
+
+
+def test_snapshots_taken_from_the_saved_state_equal_replays_at_their_versions(database_url: str) -> None:
+    clock = Clock(START + timedelta(days=1))
+    ledger = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(ledger)
+    # Saves of 30 purchases (60 events) cross multiples of 100 one at a time; the batch of 150
+    # crosses several at once.
+    for offset in range(0, 120, 30):
+        ledger.execute_batch([purchase(f"t-{i}", "2", at=START + timedelta(minutes=i)) for i in range(offset, offset + 30)])
+    ledger.execute_batch([purchase(f"u-{i}", "2", at=START + timedelta(hours=3, minutes=i)) for i in range(150)])
+    assert ledger.snapshots is not None
+    member_id = Member.create_id("ann")
+    snapshots = list(ledger.snapshots.get(member_id))
+    events = list(ledger.events.get(member_id))
+    assert len(snapshots) >= 5
+    for snapshot in snapshots:
+        from_snapshot = snapshot.mutate(None)
+        expected = replay_member([e for e in events if e.originator_version <= snapshot.originator_version])
+        assert expected is not None and state(from_snapshot) == state(expected), snapshot.originator_version
+    ledger.close()
+
+
+def test_a_single_writer_forgets_changes_of_a_batch_that_lost_a_race(database_url: str) -> None:
+    clock = Clock(START + timedelta(days=1))
+    setup = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(setup)
+    setup.close()
+    importer = build_ledger(Config(database_url=database_url), clock=clock, single_writer=True)
+    importer.execute_batch([purchase("t-warm", "1", at=START)])  # Ann is now cached, changed in place
+    other = build_ledger(Config(database_url=database_url), clock=clock, create_schema=False)
+    original_save = importer.save_aggregates
+    interfered: list[Any] = []
+
+    def save_after_interference(aggregates: Any) -> None:
+        if not interfered:
+            interfered.append(other.execute(purchase("t-other", "10", at=START)))
+        original_save(aggregates)
+
+    importer.save_aggregates = save_after_interference  # type: ignore[method-assign]
+    results = importer.execute_batch([purchase(f"t-{i}", "10", at=START) for i in range(4)])
+    assert [r.replayed for r in results] == [False] * 4  # each retried alone after the clash
+    cached = importer.get_member("ann")
+    assert state(cached) == replayed(importer, "ann")
+    assert sorted(cached.purchases) == sorted(["grocer:t-warm", "grocer:t-other"] + [f"grocer:t-{i}" for i in range(4)])
+    assert cached.lifetime["earned"] == 2 + 20 * 5
+    other.close()
+    importer.close()
+
+
+def test_a_single_writer_forgets_a_batch_that_failed_midway(database_url: str) -> None:
+    clock = Clock(START + timedelta(days=1))
+    importer = build_ledger(Config(database_url=database_url), clock=clock, single_writer=True)
+    set_up(importer)
+    importer.execute_batch([purchase("t-warm", "1", at=START)])
+
+    def broken_save(aggregates: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    working_save = importer.save_aggregates
+    importer.save_aggregates = broken_save  # type: ignore[method-assign]
+    try:
+        importer.execute_batch([purchase("t-lost", "10", at=START)])
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failed save was not reported")
+    importer.save_aggregates = working_save  # type: ignore[method-assign]
+    cached = importer.get_member("ann")
+    assert "grocer:t-lost" not in cached.purchases and state(cached) == replayed(importer, "ann")
+    again = importer.execute_batch([purchase("t-lost", "10", at=START)])
+    assert not again[0].replayed and again[0].body["points_earned"] == 20
+    importer.close()
