@@ -3,8 +3,10 @@
 Every member event records exactly what it did to which lot (the domain applies the same
 figures), so a batch is folded into per-lot and per-member deltas in memory and written with a
 few set-based statements. Balances by state (available, pending, due) are summed from the lots
-at read time, because they move with time. The reconciliation check proves these rows equal a
-fresh replay of the event store.
+at read time, because they move with time. The remaining points of all lots are also kept as a
+running total per program and issuing partner (lot_totals), so a liability report reads one row
+instead of summing a row per purchase ever made. The reconciliation check proves these rows
+equal a fresh replay of the event store, and the totals equal the lots' sums.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from domain.member import Member
 from domain.receipts import CardRegistration
 from projections.base import Projection, Stored
 from projections.lot_changes import lot_deltas, new_lot
-from projections.store import Transaction, db_time, select_in
+from projections.store import Transaction, db_time, select_in, select_pairs
 
 LIFETIME = ("earned", "redeemed", "expired", "reversed", "adjusted")
 
@@ -29,7 +31,8 @@ def issuer_of_source(source: str) -> str:
 
 class MemberProjection(Projection):
     name = "members"
-    tables = ("member_lots", "member_summaries", "card_index")
+    version = 2  # 2: lot_totals
+    tables = ("member_lots", "member_summaries", "card_index", "lot_totals")
 
     def ddl(self, store: Any) -> list[str]:
         return [
@@ -46,6 +49,9 @@ class MemberProjection(Projection):
                 points BIGINT NOT NULL, earned_at TEXT NOT NULL, available_at TEXT NOT NULL,
                 expires_at TEXT, remaining BIGINT NOT NULL, PRIMARY KEY (member_id, lot_id))""",
             "CREATE INDEX IF NOT EXISTS member_lots_program ON member_lots (program_id, issuer)",
+            """CREATE TABLE IF NOT EXISTS lot_totals (
+                program_id TEXT NOT NULL, issuer TEXT NOT NULL, remaining BIGINT NOT NULL,
+                PRIMARY KEY (program_id, issuer))""",
             """CREATE TABLE IF NOT EXISTS card_index (
                 program_id TEXT NOT NULL, card_number TEXT NOT NULL, member_id TEXT NOT NULL,
                 PRIMARY KEY (program_id, card_number))""",
@@ -139,13 +145,23 @@ class _Fold:
         tx.executemany("UPDATE member_summaries SET tier = %s, tier_since = %s WHERE originator_id = %s",
                        [(tier, since, o) for o, (tier, since) in self.tier.items()])
         rows = []
+        totals: dict[tuple[str, str], int] = defaultdict(int)
         for (originator, lot_id), lot in self.new_lots.items():
             member_id, program_id = self.member(originator)
             remaining = lot["points"] + self.lot_delta.pop((originator, lot_id), 0)
             rows.append((member_id, lot_id, program_id, lot["issuer"], lot["points"], lot["earned_at"],
                          lot["available_at"], lot["expires_at"], remaining))
+            totals[(program_id, lot["issuer"])] += remaining
         tx.insert("member_lots", ("member_id", "lot_id", "program_id", "issuer", "points", "earned_at", "available_at",
                                   "expires_at", "remaining"), rows)
+        changed = [(delta, self.member(o)[0], lot_id) for (o, lot_id), delta in self.lot_delta.items() if delta]
+        tx.executemany("UPDATE member_lots SET remaining = remaining + %s WHERE member_id = %s AND lot_id = %s", changed)
+        issuers = {(member_id, lot_id): (program_id, issuer) for member_id, lot_id, program_id, issuer in select_pairs(
+            self.tx, "SELECT member_id, lot_id, program_id, issuer FROM member_lots WHERE {pairs}",
+            ("member_id", "lot_id"), [(member_id, lot_id) for _, member_id, lot_id in changed])}
+        for delta, member_id, lot_id in changed:
+            totals[issuers[(member_id, lot_id)]] += delta
         tx.executemany(
-            "UPDATE member_lots SET remaining = remaining + %s WHERE member_id = %s AND lot_id = %s",
-            [(delta, self.member(o)[0], lot_id) for (o, lot_id), delta in self.lot_delta.items() if delta])
+            "INSERT INTO lot_totals (program_id, issuer, remaining) VALUES (%s, %s, %s) ON CONFLICT (program_id, issuer)"
+            " DO UPDATE SET remaining = lot_totals.remaining + excluded.remaining",
+            sorted((program_id, issuer, total) for (program_id, issuer), total in totals.items()))

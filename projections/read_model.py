@@ -179,6 +179,13 @@ class ReadModel:
         liability_total = int(self.store.query(
             f"""SELECT COALESCE(SUM(earned - redeemed - expired - reversed + adjusted), 0)
                 FROM liability_movements {where}""", params)[0][0])
+        by_issuer = f"SELECT program_id, issuer, SUM(remaining) FROM member_lots {where} GROUP BY program_id, issuer"
+        lot_sums = {(p, i): int(t) for p, i, t in self.store.query(by_issuer, params) if int(t)}
+        running = {(p, i): int(t) for p, i, t in self.store.query(
+            f"SELECT program_id, issuer, remaining FROM lot_totals {where}", params) if int(t)}
+        if running != lot_sums:
+            differences.append({"lot_totals": {f"{p}/{i}": t for (p, i), t in sorted(running.items())},
+                                "member_lots": {f"{p}/{i}": t for (p, i), t in sorted(lot_sums.items())}})
         return {
             "ok": not differences and event_log_total == projection_total == members_total == liability_total,
             "program_id": program_id,

@@ -108,7 +108,7 @@ class FinanceReports:
                                  [*params, period.end.isoformat()])[0][0]
         if not later:  # nothing after the period: today's balances are the period-end balances
             lots_where = "WHERE program_id = %s" + (" AND issuer = %s" if partner_id is not None else "")
-            balances = int(self.store.query(f"SELECT COALESCE(SUM(remaining), 0) FROM member_lots {lots_where}",
+            balances = int(self.store.query(f"SELECT COALESCE(SUM(remaining), 0) FROM lot_totals {lots_where}",
                                             params)[0][0])
             report["member_balances"] = balances
             report["closing_equals_member_balances"] = balances == points["closing"]

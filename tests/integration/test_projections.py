@@ -698,6 +698,10 @@ def test_liability_roll_forward_closes_per_issuing_partner(world: tuple[Config, 
     movements = liability_by_issuer(read_model)
     assert set(movements) == {("club", "grocer"), ("club", "fuel"), ("club", ""), ("spa", "spa-co")}
     assert movements == projected_by_issuer(read_model) == replayed_by_issuer(ledger)
+    # The running totals the liability report reads (one row per program and issuer) equal the lots' sums.
+    running = {(program, issuer): int(total) for program, issuer, total in read_model.store.query(
+        "SELECT program_id, issuer, remaining FROM lot_totals")}
+    assert {k: v for k, v in running.items() if v} == {k: v for k, v in movements.items() if v}
     by_issuer = {issuer: int(total) for issuer, total in read_model.store.query(
         """SELECT issuer, SUM(earned - redeemed - expired - reversed + adjusted) FROM liability_movements
            GROUP BY issuer""")}
