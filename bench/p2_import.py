@@ -30,14 +30,15 @@ from bench.common import (
 FIRST_DAY = datetime(2024, 1, 2, tzinfo=timezone.utc)
 
 
-def write_purchases(path: Path, rows: int, members: int, tag: str, days: int = 540) -> None:
+def write_purchases(path: Path, rows: int, members: int, tag: str, days: int = 540, run_length: int = 1) -> None:
     """A CSV of `rows` distinct purchases over `members` members, dated over `days` days (in
-    order, so a member's purchases arrive oldest first)."""
+    order, so a member's purchases arrive oldest first). Members take turns; with `run_length`
+    > 1 each turn is that many purchases in a row (a basket split into several receipts)."""
     with path.open("w", encoding="utf-8") as out:
         out.write("transaction_id,member_id,store_id,amount,currency,occurred_at\n")
         for i in range(rows):
             moment = FIRST_DAY + timedelta(seconds=int(i * days * 86400 / max(rows, 1)))
-            out.write(f"{tag}-{i},{member_id(i % members)},s-{1 + i % 2},{5 + i % 60}.{i % 100:02d},EUR,"
+            out.write(f"{tag}-{i},{member_id((i // run_length) % members)},s-{1 + i % 2},{5 + i % 60}.{i % 100:02d},EUR,"
                       f"{moment.strftime('%Y-%m-%dT%H:%M:%SZ')}\n")
 
 

@@ -24,19 +24,22 @@ from bench.common import (
 from bench.p2_import import run_import, write_purchases
 
 
-def grow(database: Database, workdir: Path, seconds: float, chunk_rows: int, members: int) -> dict[str, Any]:
-    """More imports into the same database until `seconds` have passed (whole chunks only)."""
+def grow(database: Database, workdir: Path, seconds: float, chunk_rows: int, members: int,
+         target_events: int | None = None, run_length: int = 1, batch_size: int = 1000) -> dict[str, Any]:
+    """More imports into the same database, whole chunks only: until `seconds` have passed, or
+    (with `target_events`) until the event table holds that many events."""
     started = time.perf_counter()
     chunks = 0
     imported = 0
-    while time.perf_counter() - started < seconds:
+    while (head(database) < target_events) if target_events else (time.perf_counter() - started < seconds):
         path = workdir / f"grow-{chunks}.csv"
-        write_purchases(path, chunk_rows, members, tag=f"g{chunks}")
-        result = run_import(database, path)
+        write_purchases(path, chunk_rows, members, tag=f"g{chunks}", run_length=run_length)
+        result = run_import(database, path, batch_size=batch_size)
         path.unlink()
         imported += result["imported"]
         chunks += 1
-        log(f"P5 grow: chunk {chunks}, {result['imported']:,} purchases at {result['purchases_per_s']}/s")
+        log(f"P5 grow: chunk {chunks}, {result['imported']:,} purchases at {result['purchases_per_s']}/s, "
+            f"peak RSS {result['peak_rss_kib_wait4'] / 1024:.1f} MiB; {head(database):,} events stored")
     return {"chunks": chunks, "purchases": imported, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -45,11 +48,23 @@ def catch_up(database: Database) -> dict[str, Any]:
     try:
         model = open_read_model(database, ledger)
         started = time.perf_counter()
-        applied = model.runner.catch_up()
+        applied = model.runner.catch_up(on_progress=_progress())
         elapsed = time.perf_counter() - started
         return {"events_applied": applied, "elapsed_s": round(elapsed, 2)}
     finally:
         ledger.close()
+
+
+def _progress() -> Any:
+    done = [0, time.perf_counter()]
+
+    def report(applied: int) -> None:
+        done[0] += applied
+        if time.perf_counter() - done[1] > 60:
+            done[1] = time.perf_counter()
+            log(f"P5 catch-up: {done[0]:,} events applied")
+
+    return report
 
 
 def table_counts(database: Database) -> dict[str, int]:
@@ -61,12 +76,15 @@ def table_counts(database: Database) -> dict[str, int]:
 def run(settings: dict[str, Any], database: Database | None, workdir: Path) -> dict[str, Any]:
     from bench.common import create_database, drop_database
 
-    own = database is None
-    if database is None:  # P2 was skipped: start from an empty database
+    target = settings.get("target_events")
+    own = database is None or bool(target)
+    if own:  # P2 was skipped, or the goal's size is wanted: start from an empty database
         database = create_database("p5")
         setup_world(database, settings["members"])
     try:
-        grown = grow(database, workdir, settings["grow_seconds"], settings["grow_chunk_rows"], settings["members"])
+        grown = grow(database, workdir, settings["grow_seconds"], settings["grow_chunk_rows"], settings["members"],
+                     target_events=target, run_length=settings.get("run_length", 1),
+                     batch_size=settings.get("batch_size", 1000))
         caught = catch_up(database)
         events = head(database)
         counts = table_counts(database)

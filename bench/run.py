@@ -30,6 +30,10 @@ FULL: dict[str, Any] = {
     "P4": {"runs": 3, "requests": 50, "member_events": 10_000},
     "P5": {"runs": 3, "requests": 20, "grow_seconds": 90, "grow_chunk_rows": 20_000, "members": 2_000},
 }
+# `--p5-events N`: P5 on a database of its own grown to N events (the goal's size is 10,000,000):
+# many members with short histories, each turn of a member five purchases in a row.
+P5_AT_SIZE: dict[str, Any] = {"runs": 3, "requests": 20, "grow_seconds": 0, "grow_chunk_rows": 500_000,
+                              "members": 100_000, "run_length": 5, "batch_size": 5000}
 QUICK: dict[str, Any] = {
     "P1": {"runs": 1, "clients": 8, "members_per_client": 2, "per_client": 20, "duration_s": 10,
            "workers": 2, "threads": 32, "pgbench_seconds": 3, "sweep_clients": [1, 4], "sweep_seconds": 2},
@@ -121,9 +125,12 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         p5 = results["P5"]
         summary["P5"] = {"events_stored": p5["events_stored"], "rows": p5["rows"],
                          **{label: v["median_p50_ms"] for label, v in p5["reports"].items()}}
+        at_size = p5["events_stored"] >= 10_000_000
         for label, v in p5["reports"].items():
             goal(f"P5 liability report p50, {label}", "< 200 ms at 10,000,000 events",
-                 f"{v['median_p50_ms']} ms at {p5['events_stored']:,} events", "not judged (size not reached)",
+                 f"{v['median_p50_ms']} ms at {p5['events_stored']:,} events",
+                 v["median_p50_ms"] < 200 if at_size else "not judged (size not reached)",
+                 f"median of {len(v['runs'])} runs x {v['runs'][0]['requests']} requests" if at_size else
                  "the goal's size was not reached, so the goal is not judged; "
                  + ("under 200 ms at this size" if v["median_p50_ms"] < 200 else "already over 200 ms at this size"))
     memory: dict[str, Any] = {}
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Smoke run: tiny sizes, one run each.")
     parser.add_argument("--only", default=",".join(PARTS), help="Comma-separated parts (default: all).")
     parser.add_argument("--out", type=Path, help="Also write the JSON results to this file.")
+    parser.add_argument("--p5-events", type=int, help="P5 on its own database grown to this many events.")
     args = parser.parse_args(argv)
     parts = [p.strip().upper() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["P1"] = p1_http.run(settings["P1"], workdir)
             if "P2" in parts:
                 results["P2"], kept = p2_import.run(settings["P2"], workdir)
-            if kept is None and ("P3" in parts or "P5" in parts):
+            if kept is None and ("P3" in parts or ("P5" in parts and not args.p5_events)):
                 # P2 not run: one import, untimed for P2, gives P3's rebuild and P5 their events.
                 seed, kept = p2_import.run_once("seed", settings["P2"]["rows"], settings["P2"]["members"], workdir,
                                                 keep=True)
@@ -194,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 results["P4"] = p4_as_of.run(settings["P4"], workdir)
             if "P5" in parts:
                 p5_settings = dict(settings["P5"])
-                if kept is not None:
+                if args.p5_events:
+                    p5_settings = {**P5_AT_SIZE, "target_events": args.p5_events}
+                    if args.quick:
+                        p5_settings.update(runs=1, requests=3, members=200, grow_chunk_rows=2_000, batch_size=500)
+                elif kept is not None:
                     p5_settings["members"] = settings["P2"]["members"]
-                results["P5"] = p5_liability.run(p5_settings, kept, workdir)
+                results["P5"] = p5_liability.run(p5_settings, None if args.p5_events else kept, workdir)
         finally:
             if kept is not None:
                 drop_database(kept)
