@@ -19,6 +19,10 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     if database.kind == "sqlite":
         assert database.path is not None
         database.path.parent.mkdir(parents=True, exist_ok=True)
+    if database.kind == "postgresql":
+        from infrastructure.pipeline_flush import install
+
+        install()  # large saves would otherwise deadlock in psycopg's pipeline mode
     env = database.eventsourcing_env(create_schema=create_schema, pool_size=pool_size)
     # Hot members stay in memory; fast-forward reads only events newer than the cached
     # version, so another process's writes are never missed.

@@ -211,5 +211,8 @@ def open_store(database: Database) -> ProjectionStore:
         assert database.path is not None
         return SqliteStore(str(database.path))
     if database.kind == "postgresql":
+        from infrastructure.pipeline_flush import install
+
+        install()  # executemany runs in pipeline mode (see infrastructure/pipeline_flush.py)
         return PostgresStore(database)
     raise ValueError("projections need a SQLite file or PostgreSQL (not the in-memory store)")
