@@ -345,9 +345,11 @@ def import_group() -> None:
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where refused rows go (default: FILE.rejects.jsonl).")
 @click.option("--cache-members", default=10_000, show_default=True, type=click.IntRange(0, 10_000_000),
-              help="Members kept in memory between batches; memory grows with their histories.")
+              help="At most this many members kept in memory between batches.")
+@click.option("--cache-events", default=300_000, show_default=True, type=click.IntRange(1, 1_000_000_000),
+              help="At most this many events' worth of member history kept in memory: bounds the importer's memory.")
 def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejects_path: Path | None,
-                             cache_members: int) -> None:
+                             cache_members: int, cache_events: int) -> None:
     """Stream purchases from a .csv or .jsonl file, committing batches; safe to run again after a
     crash (rows already imported are recognised by their transaction ids and counted once)."""
     from application.bulk_import import file_kind, import_purchases
@@ -360,7 +362,7 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     config = load_config()
     # The importer is its cache's only writer: members are changed in place, not copied per batch.
     # A member the cache lost is reloaded with the rest of its batch (snapshot and later events).
-    ledger = build_ledger(config, cache_size=cache_members, single_writer=True)
+    ledger = build_ledger(config, cache_size=cache_members, cache_events=cache_events, single_writer=True)
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
     with path.open(encoding="utf-8") as counting:
         total = sum(1 for line in counting if line.strip()) - (1 if kind == "csv" else 0)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = utc_now,
-                 pool_size: int = 5, cache_size: int = 10_000, single_writer: bool = False) -> Ledger:
+                 pool_size: int = 5, cache_size: int = 10_000, single_writer: bool = False,
+                 cache_events: int | None = None) -> Ledger:
     """Creates the ledger application on the configured database. Create the schema in one
     process before starting others: concurrent DDL on PostgreSQL fails."""
     database = config.database
@@ -28,7 +29,13 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     # version, so another process's writes are never missed.
     env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
     env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
-    return Ledger(env=env, clock=clock, single_writer=single_writer)
+    ledger = Ledger(env=env, clock=clock, single_writer=single_writer)
+    if cache_events is not None and cache_size:
+        from infrastructure.event_budget_cache import EventBudgetCache
+
+        # Bounded by the events the cached aggregates hold: memory stays level on long imports.
+        ledger.repository.cache = EventBudgetCache(max_events=cache_events, max_items=cache_size)
+    return ledger
 
 
 

@@ -127,3 +127,29 @@ def test_a_single_writer_forgets_a_batch_that_failed_midway(database_url: str) -
     again = importer.execute_batch([purchase("t-lost", "10", at=START)])
     assert not again[0].replayed and again[0].body["points_earned"] == 20
     importer.close()
+
+
+def test_an_import_with_a_tiny_event_budget_reloads_evicted_members_correctly(database_url: str) -> None:
+    import io
+
+    from application.bulk_import import import_purchases
+
+    clock = Clock(START + timedelta(days=1))
+    members = tuple(f"m-{i}" for i in range(6))
+    setup = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(setup, members=members)
+    setup.close()
+    # 30 events of history at most in memory: members are evicted and reloaded (with their
+    # snapshots) all through the import.
+    importer = build_ledger(Config(database_url=database_url), clock=clock, single_writer=True,
+                            cache_size=100, cache_events=30)
+    rows = "".join(f"t-{i},m-{(i // 3) % 6},g-1,{i % 9 + 1}.00,EUR,2025-01-06T09:{i % 60:02d}:00Z\n" for i in range(600))
+    summary = import_purchases(importer, io.StringIO("transaction_id,member_id,store_id,amount,currency,occurred_at\n"
+                                                     + rows), "csv", "grocer", io.StringIO(), batch_size=40)
+    assert (summary.imported, summary.rejected) == (600, 0)
+    cache = importer.repository.cache
+    assert len(cache.cache) == 1 or cache.events <= 30
+    for member_id in members:
+        assert state(importer.get_member(member_id)) == replayed(importer, member_id)
+    assert sum(len(importer.get_member(m).purchases) for m in members) == 600
+    importer.close()
