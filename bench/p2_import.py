@@ -56,11 +56,16 @@ def run_import(database: Database, path: Path, batch_size: int = 1000) -> dict[s
         done = threading.Event()
         last_cpu: dict[str, Any] = {}
 
+        timeline: list[tuple[float, int]] = []  # (seconds since start, VmHWM KiB) about every 5 s
+
         def sample() -> None:
             while not done.is_set():
                 value = vmhwm_kib(process.pid)
                 if value is not None:
                     samples.append(value)
+                    moment = time.perf_counter() - started
+                    if not timeline or moment - timeline[-1][0] >= 5:
+                        timeline.append((round(moment, 1), value))
                     # Backends that close before the importer exits keep their last reading.
                     seen = dict(last_cpu.get("postgres_pids", {}))
                     last_cpu.update(cpu_ticks({"importer": [process.pid]}))
@@ -88,6 +93,7 @@ def run_import(database: Database, path: Path, batch_size: int = 1000) -> dict[s
         "purchases_per_s": round(imported / elapsed, 1),
         "peak_rss_kib_wait4": usage.ru_maxrss,
         "vmhwm_kib_sampled": max(samples) if samples else None,
+        "vmhwm_kib_timeline": timeline,
         "cpu_cores_used": cpu,
     }
 
@@ -121,6 +127,18 @@ def run_once(label: str, rows: int, members: int, workdir: Path, keep: bool = Fa
     return result, None
 
 
+def run_big(rows: int, members: int, workdir: Path) -> dict[str, Any]:
+    """One import of `rows` (the goal's 1,000,000): its time, and its peak memory over the run."""
+    result, _ = run_once(f"big{rows}", rows, members, workdir)
+    timeline = result["vmhwm_kib_timeline"]
+    quarters = {f"{q}%": round(timeline[min(len(timeline) - 1, len(timeline) * q // 100)][1] / 1024, 1)
+                for q in (25, 50, 75)} if timeline else {}
+    quarters["100%"] = round(result["peak_rss_kib_wait4"] / 1024, 1)
+    result["peak_rss_mib_by_elapsed_share"] = quarters
+    log(f"P2 {rows:,} rows: {result['elapsed_s']} s; peak RSS by share of the run {quarters}")
+    return result
+
+
 def run(settings: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Database | None]:
     """`runs` imports of `rows` (the rate), plus one import at each of `smaller_rows` (memory at
     other sizes). The last large import's database is returned (kept) for P3's rebuild and P5."""
@@ -133,4 +151,5 @@ def run(settings: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Databa
         runs.append(result)
         if database is not None:
             kept = database
-    return {"settings": settings, "runs": runs, "smaller": smaller}, kept
+    big = run_big(settings["big_rows"], settings["members"], workdir) if settings.get("big_rows") else None
+    return {"settings": settings, "runs": runs, "smaller": smaller, "big": big}, kept

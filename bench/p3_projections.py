@@ -3,6 +3,7 @@ live projection lag under a steady posting load (server + `loyalty projections r
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -82,6 +83,9 @@ def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
     event log (our events are the newest, nobody else writes) and a monitor thread polling the
     projection positions every ~2 ms records when every projection has reached it."""
     rate, duration = settings["rate_per_s"], settings["duration_s"]
+    # Above what single postings reach, the partner batch route carries the postings: `per_request`
+    # purchases a request, each request acknowledged (200, every item 201) after its commit.
+    per_request = settings.get("per_request", 1)
     with fresh_database("p3lag") as database:
         world = setup_world(database, settings["members"])
         server = Server(database, workdir).start()
@@ -114,21 +118,29 @@ def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
             http = Http(server.port, world.partner_key)
             acks: list[tuple[float, int]] = []
             statuses: dict[int, int] = {}
-            total = int(rate * duration)
+            total = int(rate * duration / per_request)  # requests
             groups = {"server": server.pids(), "projections": [projections.process.pid]}  # type: ignore[union-attr]
             cpu_before = cpu_ticks(groups)
             started = time.perf_counter()
+            postings = 0
             for n in range(total):
-                due = started + n / rate
+                due = started + n * per_request / rate
                 pause = due - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)
-                status, _ = http.request("POST", "/v1/purchases", {
-                    "transaction_id": f"lag{index}-{n}", "member_id": world.member_ids[n % len(world.member_ids)],
-                    "store_id": "s-1", "amount": "20.00", "currency": "EUR"})
+                items = [{"transaction_id": f"lag{index}-{n}-{k}",
+                          "member_id": world.member_ids[(n * per_request + k) % len(world.member_ids)],
+                          "store_id": "s-1", "amount": "20.00", "currency": "EUR"} for k in range(per_request)]
+                if per_request == 1:
+                    status, _ = http.request("POST", "/v1/purchases", items[0])
+                    accepted = status == 201
+                else:
+                    status, body = http.request("POST", "/v1/purchases/batch", {"purchases": items})
+                    accepted = status == 200 and all(r["status"] == 201 for r in json.loads(body)["results"])
                 acked = time.perf_counter()
                 statuses[status] = statuses.get(status, 0) + 1
-                if status == 201:
+                if accepted:
+                    postings += per_request
                     event_head = head_conn.execute(f"SELECT MAX(notification_id) FROM {table}").fetchone()[0]
                     acks.append((acked, int(event_head)))
             posting_elapsed = time.perf_counter() - started
@@ -161,8 +173,10 @@ def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
     gaps = [b[0] - a[0] for a, b in zip(samples, samples[1:])]
     result = {
         "rate_target_per_s": rate,
-        "rate_achieved_per_s": round(len(acks) / posting_elapsed, 1),
-        "postings": len(acks),
+        "purchases_per_request": per_request,
+        "rate_achieved_per_s": round(postings / posting_elapsed, 1),
+        "postings": postings,
+        "requests_acknowledged": len(acks),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "lag_ms": {"p50": round(percentile(lags, 50) * 1000, 2) if lags else None,
                    "p99": round(percentile(lags, 99) * 1000, 2) if lags else None,
@@ -183,4 +197,6 @@ def run(settings: dict[str, Any], database: Database | None, workdir: Path) -> d
     else:
         result["rebuild"] = rebuild(database, settings["rebuild_runs"])
     result["lag"] = [live_lag(i, settings["lag"], workdir) for i in range(settings["lag"]["runs"])]
+    if settings.get("lag_batch"):
+        result["lag_batch"] = [live_lag(i, settings["lag_batch"], workdir) for i in range(settings["lag_batch"]["runs"])]
     return result

@@ -25,8 +25,9 @@ from bench.common import drop_database, log, machine_info, median, pg_info  # no
 FULL: dict[str, Any] = {
     "P1": {"runs": 3, "clients": 32, "members_per_client": 10, "per_client": 250, "duration_s": 20,
            "workers": 2, "threads": 32, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
-    "P2": {"runs": 3, "rows": 20_000, "smaller_rows": [5_000, 10_000], "members": 2_000},
-    "P3": {"rebuild_runs": 3, "lag": {"runs": 3, "rate_per_s": 100, "duration_s": 20, "members": 200}},
+    "P2": {"runs": 3, "rows": 20_000, "smaller_rows": [5_000, 10_000], "members": 2_000, "big_rows": 1_000_000},
+    "P3": {"rebuild_runs": 3, "lag": {"runs": 3, "rate_per_s": 100, "duration_s": 20, "members": 200},
+           "lag_batch": {"runs": 3, "rate_per_s": 1000, "per_request": 50, "duration_s": 20, "members": 200}},
     "P4": {"runs": 3, "requests": 50, "member_events": 10_000},
     "P5": {"runs": 3, "requests": 20, "grow_seconds": 90, "grow_chunk_rows": 20_000, "members": 2_000},
 }
@@ -37,8 +38,9 @@ P5_AT_SIZE: dict[str, Any] = {"runs": 3, "requests": 20, "grow_seconds": 0, "gro
 QUICK: dict[str, Any] = {
     "P1": {"runs": 1, "clients": 8, "members_per_client": 2, "per_client": 20, "duration_s": 10,
            "workers": 2, "threads": 32, "pgbench_seconds": 3, "sweep_clients": [1, 4], "sweep_seconds": 2},
-    "P2": {"runs": 1, "rows": 1_000, "smaller_rows": [250, 500], "members": 100},
-    "P3": {"rebuild_runs": 1, "lag": {"runs": 1, "rate_per_s": 10, "duration_s": 3, "members": 20}},
+    "P2": {"runs": 1, "rows": 1_000, "smaller_rows": [250, 500], "members": 100, "big_rows": 3_000},
+    "P3": {"rebuild_runs": 1, "lag": {"runs": 1, "rate_per_s": 10, "duration_s": 3, "members": 20},
+           "lag_batch": {"runs": 1, "rate_per_s": 100, "per_request": 10, "duration_s": 3, "members": 20}},
     "P4": {"runs": 1, "requests": 5, "member_events": 400},
     "P5": {"runs": 1, "requests": 3, "grow_seconds": 0, "grow_chunk_rows": 500, "members": 100},
 }
@@ -84,12 +86,29 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                          "peak_rss_mib": sizes, "rss_growth_last_doubling": round(growth, 3)}
         goal("P2 bulk import purchases/s", ">= 50,000/s", f"{rate:,.1f}/s", rate is not None and rate >= 50_000,
              f"median of {len(runs)} imports of {rows:,} rows")
-        goal("P2 1,000,000 purchases", "< 30 s", f"~{million:,.0f} s (extrapolated from {rows:,} rows, not measured)",
-             million is not None and million < 30, "extrapolated")
-        goal("P2 importer memory flat",
-             f"peak RSS grows < 10% from {half['rows']:,} to {rows:,} rows",
-             " -> ".join(f"{v} MiB ({k})" for k, v in sizes.items()) + f"; last step {growth:+.1%}",
-             growth < 0.10, "ru_maxrss of the importer process; same member count at every size")
+        big = results["P2"].get("big")
+        if big is not None:
+            summary["P2"]["big"] = {"rows": big["rows"], "elapsed_s": big["elapsed_s"],
+                                    "purchases_per_s": big["purchases_per_s"],
+                                    "peak_rss_mib_by_elapsed_share": big["peak_rss_mib_by_elapsed_share"]}
+            goal(f"P2 {big['rows']:,} purchases", "< 30 s for 1,000,000", f"{big['elapsed_s']:,} s (measured, "
+                 f"{big['purchases_per_s']:,}/s)", big["rows"] >= 1_000_000 and big["elapsed_s"] < 30,
+                 "one import of the whole file" if big["rows"] >= 1_000_000 else "smaller than the goal's file")
+            shares = big["peak_rss_mib_by_elapsed_share"]
+            second_half = shares["100%"] / shares["50%"] - 1 if shares.get("50%") else None
+            goal("P2 importer memory flat", "peak RSS grows < 10% over the second half of the big import",
+                 " -> ".join(f"{v} MiB ({k})" for k, v in shares.items())
+                 + (f"; second half {second_half:+.1%}" if second_half is not None else ""),
+                 second_half is not None and second_half < 0.10,
+                 f"VmHWM of the importer at each share of its run time; at {rows:,} rows: "
+                 + ", ".join(f"{v} MiB ({k})" for k, v in sizes.items()))
+        else:
+            goal("P2 1,000,000 purchases", "< 30 s", f"~{million:,.0f} s (extrapolated from {rows:,} rows, not measured)",
+                 million is not None and million < 30, "extrapolated")
+            goal("P2 importer memory flat",
+                 f"peak RSS grows < 10% from {half['rows']:,} to {rows:,} rows",
+                 " -> ".join(f"{v} MiB ({k})" for k, v in sizes.items()) + f"; last step {growth:+.1%}",
+                 growth < 0.10, "ru_maxrss of the importer process; same member count at every size")
     if "P3" in results:
         rebuild = results["P3"]["rebuild"]
         lag = results["P3"]["lag"]
@@ -111,7 +130,20 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                              "lag_p50_ms_median": p50, "lag_p99_ms_median": p99,
                              "postings_per_run": [r["postings"] for r in lag]}
         goal("P3 live projection lag p99", "< 100 ms", f"{p99} ms (p50 {p50} ms)", p99 is not None and p99 < 100,
-             f"median of {len(lag)} runs at {lag[0]['rate_target_per_s'] if lag else '?'} postings/s")
+             f"median of {len(lag)} runs at {lag[0]['rate_target_per_s'] if lag else '?'} single postings/s")
+        batch_lag = results["P3"].get("lag_batch")
+        if batch_lag:
+            p50 = median([r["lag_ms"]["p50"] for r in batch_lag])
+            p99 = median([r["lag_ms"]["p99"] for r in batch_lag])
+            achieved = median([r["rate_achieved_per_s"] for r in batch_lag])
+            summary["P3_lag_batch"] = {"runs": len(batch_lag), "rate_per_s": batch_lag[0]["rate_target_per_s"],
+                                       "rate_achieved_per_s_median": achieved, "lag_p50_ms_median": p50,
+                                       "lag_p99_ms_median": p99}
+            goal("P3 live projection lag p99 at the goal's load", "< 100 ms under 1,000 postings/s",
+                 f"{p99} ms (p50 {p50} ms) at {achieved}/s", p99 is not None and p99 < 100
+                 and achieved >= 0.95 * batch_lag[0]["rate_target_per_s"] and batch_lag[0]["rate_target_per_s"] >= 1000,
+                 f"median of {len(batch_lag)} runs; {batch_lag[0]['purchases_per_request']} purchases per batch request, "
+                 "lag from each request's answer")
     if "P4" in results:
         p4 = results["P4"]
         summary["P4"] = {"member_events": p4["history"]["member_events"],
