@@ -64,7 +64,7 @@ def run_import(database: Database, path: Path, batch_size: int = 1000) -> dict[s
                 if value is not None:
                     samples.append(value)
                     moment = time.perf_counter() - started
-                    if not timeline or moment - timeline[-1][0] >= 5:
+                    if moment >= 5 and (not timeline or moment - timeline[-1][0] >= 5):
                         timeline.append((round(moment, 1), value))
                     # Backends that close before the importer exits keep their last reading.
                     seen = dict(last_cpu.get("postgres_pids", {}))
