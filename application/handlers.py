@@ -436,9 +436,9 @@ LEDGER_HANDLERS: dict[type, Handler] = {
 # ---- batch reads ----------------------------------------------------------------------------
 
 def prefetch(uow: UnitOfWork, commands: list[Command]) -> None:
-    """Loads what a batch of postings will look at in two queries instead of several per
-    command: first partners and members, then (knowing the partners' programs) the programs,
-    cards and receipts. Only an optimisation: handlers still find (and validate) everything
+    """Loads what a batch of postings or enrolments will look at in two queries instead of
+    several per command: first partners and members (and an enrolment's program and card), then
+    (knowing the partners' programs) the programs, cards and receipts. Only an optimisation: handlers still find (and validate) everything
     themselves, so a command whose ids are invalid is simply left out here."""
     first: list[Any] = []
     for cmd in commands:
@@ -467,6 +467,16 @@ def _first_ids(cmd: Command) -> list[Any]:
     if isinstance(cmd, (RecordPurchase, Redeem)) and cmd.member_id is not None:
         check_identifier(cmd.member_id, "member_id")
         ids.append(member_id_to_uuid(cmd.member_id))
+    if isinstance(cmd, EnrolMember):
+        # Member and card together, in one query: a racing enrolment commits both at once.
+        ids.append(program_id_to_uuid(cmd.program_id))
+        if cmd.card_number is not None:
+            check_identifier(cmd.card_number, "card_number")
+            ids.append(card_uuid(cmd.program_id, cmd.card_number))
+        member_id = cmd.member_id or (generated_member_id(cmd.program_id, cmd.card_number) if cmd.card_number else None)
+        if member_id is not None:
+            check_identifier(member_id, "member_id")
+            ids.append(member_id_to_uuid(member_id))
     return ids
 
 

@@ -153,3 +153,33 @@ def test_an_import_with_a_tiny_event_budget_reloads_evicted_members_correctly(da
         assert state(importer.get_member(member_id)) == replayed(importer, member_id)
     assert sum(len(importer.get_member(m).purchases) for m in members) == 600
     importer.close()
+
+
+def test_a_batch_of_enrolments_reads_members_and_cards_in_bulk(database_url: str) -> None:
+    from application.commands import EnrolMember
+    from application.errors import Conflict
+
+    clock = Clock(START + timedelta(days=1))
+    writer = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(writer, members=("ann",))
+    writer.close()
+    cold = build_ledger(Config(database_url=database_url), clock=clock)
+    one_by_one: list[Any] = []
+    select_events = cold.recorder.select_events
+    cold.recorder.select_events = lambda *a, **k: one_by_one.append(a) or select_events(*a, **k)  # type: ignore[method-assign]
+
+    def enrol(member_id: str | None, card: str) -> EnrolMember:
+        return EnrolMember(actor="admin", program_id="club", member_id=member_id, card_number=card, occurred_at=START)
+
+    results = cold.execute_batch([enrol(f"new-{i}", f"card-new-{i}") for i in range(5)]
+                                 + [enrol("ann", "card-ann"),  # the same enrolment again: a replay
+                                    enrol("zed", "card-ann"),  # ann's card: refused
+                                    enrol(None, "card-derived")])  # id derived from the card
+    assert [getattr(r, "replayed", None) for r in results[:6]] == [False] * 5 + [True]
+    assert isinstance(results[6], Conflict)
+    assert results[7].body["member_id"] and not results[7].replayed
+    assert one_by_one == []
+    cold.recorder.select_events = select_events  # type: ignore[method-assign]
+    assert cold.get_member("new-3").card_number == "card-new-3"
+    assert cold.member_id_for_card("club", "card-derived") == results[7].body["member_id"]
+    cold.close()
