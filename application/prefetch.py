@@ -108,7 +108,6 @@ def _sqlite_stored(recorder: Any, ids: list[UUID], after: list[int] | None) -> l
     found: list[Any] = []
     for offset in range(0, len(ids), 400):  # two parameters an id: well under SQLite's limit
         chunk = ids[offset:offset + 400]
-        values = ",".join("(?,?)" for _ in chunk)
         if after is None:
             params = [i.hex for i in chunk]
             sql = (f"SELECT e.* FROM {table} e WHERE e.originator_id IN ({','.join('?' * len(chunk))})"
@@ -116,6 +115,7 @@ def _sqlite_stored(recorder: Any, ids: list[UUID], after: list[int] | None) -> l
                    f" WHERE m.originator_id = e.originator_id)")
         else:
             params = [p for i, v in zip(chunk, after[offset:offset + 400]) for p in (i.hex, v)]
+            values = ",".join("(?,?)" for _ in chunk)
             sql = (f"WITH w(id, after) AS (VALUES {values}) SELECT e.* FROM w JOIN {table} e"
                    f" ON e.originator_id = w.id AND e.originator_version > w.after"
                    f" ORDER BY e.originator_id, e.originator_version")
