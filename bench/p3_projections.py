@@ -79,9 +79,10 @@ def rebuild(database: Database, runs: int) -> dict[str, Any]:
 
 
 def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Posts purchases at a fixed rate from one client; after each 201 reads the head of the
-    event log (our events are the newest, nobody else writes) and a monitor thread polling the
-    projection positions every ~2 ms records when every projection has reached it."""
+    """Posts purchases at a fixed rate from `clients` concurrent clients (open loop); after each
+    201 a client reads the head of the event log (our events are the newest, nobody else writes)
+    and a monitor thread polling the projection positions every ~2 ms records when every
+    projection has reached it."""
     rate, duration = settings["rate_per_s"], settings["duration_s"]
     # Above what single postings reach, the partner batch route carries the postings: `per_request`
     # purchases a request, each request acknowledged (200, every item 201) after its commit.
@@ -115,34 +116,61 @@ def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
                 time.sleep(0.05)
             watcher = threading.Thread(target=monitor, daemon=True)
             watcher.start()
-            http = Http(server.port, world.partner_key)
             acks: list[tuple[float, int]] = []
             statuses: dict[int, int] = {}
             total = int(rate * duration / per_request)  # requests
             groups = {"server": server.pids(), "projections": [projections.process.pid]}  # type: ignore[union-attr]
+            lock = threading.Lock()
+            next_request = [0]
+            posted = [0]
+
+            def client() -> None:
+                # Open loop: request n is due at started + n / (rate / per_request), whichever client
+                # is free takes it, so one slow answer does not slow the offered rate.
+                http = Http(server.port, world.partner_key)
+                head_reader = database.connect()
+                try:
+                    while True:
+                        with lock:
+                            n = next_request[0]
+                            next_request[0] += 1
+                        if n >= total:
+                            return
+                        pause = started + n * per_request / rate - time.perf_counter()
+                        if pause > 0:
+                            time.sleep(pause)
+                        items = [{"transaction_id": f"lag{index}-{n}-{k}",
+                                  "member_id": world.member_ids[(n * per_request + k) % len(world.member_ids)],
+                                  "store_id": "s-1", "amount": "20.00", "currency": "EUR"} for k in range(per_request)]
+                        if per_request == 1:
+                            status, _ = http.request("POST", "/v1/purchases", items[0])
+                            accepted = status == 201
+                        else:
+                            status, body = http.request("POST", "/v1/purchases/batch", {"purchases": items})
+                            accepted = status == 200 and all(r["status"] == 201 for r in json.loads(body)["results"])
+                        acked = time.perf_counter()
+                        # The head read after the answer is at or past this request's events: the
+                        # lag measured to it is an upper bound.
+                        event_head = head_reader.execute(f"SELECT MAX(notification_id) FROM {table}").fetchone()[0] \
+                            if accepted else None
+                        with lock:
+                            statuses[status] = statuses.get(status, 0) + 1
+                            if accepted:
+                                posted[0] += per_request
+                                acks.append((acked, int(event_head)))
+                finally:
+                    http.close()
+                    head_reader.close()
+
             cpu_before = cpu_ticks(groups)
             started = time.perf_counter()
-            postings = 0
-            for n in range(total):
-                due = started + n * per_request / rate
-                pause = due - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                items = [{"transaction_id": f"lag{index}-{n}-{k}",
-                          "member_id": world.member_ids[(n * per_request + k) % len(world.member_ids)],
-                          "store_id": "s-1", "amount": "20.00", "currency": "EUR"} for k in range(per_request)]
-                if per_request == 1:
-                    status, _ = http.request("POST", "/v1/purchases", items[0])
-                    accepted = status == 201
-                else:
-                    status, body = http.request("POST", "/v1/purchases/batch", {"purchases": items})
-                    accepted = status == 200 and all(r["status"] == 201 for r in json.loads(body)["results"])
-                acked = time.perf_counter()
-                statuses[status] = statuses.get(status, 0) + 1
-                if accepted:
-                    postings += per_request
-                    event_head = head_conn.execute(f"SELECT MAX(notification_id) FROM {table}").fetchone()[0]
-                    acks.append((acked, int(event_head)))
+            clients = [threading.Thread(target=client, daemon=True) for _ in range(settings.get("clients", 1))]
+            for thread in clients:
+                thread.start()
+            for thread in clients:
+                thread.join()
+            postings = posted[0]
+            acks.sort()
             posting_elapsed = time.perf_counter() - started
             cpu = cpu_cores_used(cpu_before, cpu_ticks(groups), posting_elapsed)
             last_head = acks[-1][1] if acks else 0
@@ -151,7 +179,6 @@ def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
                 time.sleep(0.01)
             stop.set()
             watcher.join()
-            http.close()
             monitor_conn.close()
             head_conn.close()
         finally:
@@ -174,6 +201,7 @@ def live_lag(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
     result = {
         "rate_target_per_s": rate,
         "purchases_per_request": per_request,
+        "clients": settings.get("clients", 1),
         "rate_achieved_per_s": round(postings / posting_elapsed, 1),
         "postings": postings,
         "requests_acknowledged": len(acks),
