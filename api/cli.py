@@ -346,7 +346,7 @@ def import_group() -> None:
               help="Where refused rows go (default: FILE.rejects.jsonl).")
 @click.option("--cache-members", default=10_000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="At most this many members kept in memory between batches.")
-@click.option("--cache-events", default=300_000, show_default=True, type=click.IntRange(1, 1_000_000_000),
+@click.option("--cache-events", default=100_000, show_default=True, type=click.IntRange(1, 1_000_000_000),
               help="At most this many events' worth of member history kept in memory: bounds the importer's memory.")
 def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejects_path: Path | None,
                              cache_members: int, cache_events: int) -> None:

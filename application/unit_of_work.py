@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from eventsourcing.application import Application
 
 A = TypeVar("A", bound=Aggregate)
+LOAD_GROUP = 200  # aggregates loaded per pair of queries
 
 
 def mutate_all(aggregate: Any, domain_events: Iterable[Any]) -> Any:
@@ -91,8 +92,10 @@ class UnitOfWork:
                 self._aggregates[aggregate_id] = cached
             else:
                 to_load.append(aggregate_id)
-        if to_load:
-            self._load_many(to_load)
+        # In groups: the stored events read for a group are held only while it is replayed,
+        # so what a load holds at once does not grow with the batch times its members' histories.
+        for offset in range(0, len(to_load), LOAD_GROUP):
+            self._load_many(to_load[offset:offset + LOAD_GROUP])
 
     def _load_many(self, ids: list[UUID]) -> None:
         """Loads aggregates in two queries for them all: their newest snapshots, then the

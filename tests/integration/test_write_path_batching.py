@@ -56,6 +56,34 @@ def test_a_cold_ledger_loads_a_batchs_members_from_snapshots_in_bulk(database_ur
     cold.close()
 
 
+def test_a_cold_batch_loads_its_members_in_groups_each_read_once(database_url: str, monkeypatch: Any) -> None:
+    import application.unit_of_work as unit_of_work
+
+    clock = Clock(START + timedelta(days=1))
+    members = tuple(f"g-{i}" for i in range(7))
+    writer = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(writer, members=members)
+    writer.execute_batch([purchase(f"p-{i}", "5", member_id=m, at=START) for i, m in enumerate(members)])
+    writer.close()
+
+    monkeypatch.setattr(unit_of_work, "LOAD_GROUP", 3)  # 7 cold members: groups of 3, 3 and 1
+    cold = build_ledger(Config(database_url=database_url), clock=clock)
+    groups: list[list[Any]] = []
+    stored_after = unit_of_work.stored_after
+    monkeypatch.setattr(unit_of_work, "stored_after", lambda recorder, after: groups.append(list(after))
+                        or stored_after(recorder, after))
+    results = cold.execute_batch([purchase(f"q-{i}", "5", member_id=m) for i, m in enumerate(members)])
+    assert [type(r) for r in results] == [Outcome] * 7
+    # The members (and the partner and program) in groups of at most 3, each member in one.
+    assert max(len(group) for group in groups) == 3
+    loaded = [i for group in groups for i in group]
+    assert sorted(loaded.count(Member.create_id(m)) for m in members) == [1] * 7
+    for member_id in members:
+        assert state(cold.get_member(member_id)) == replayed(cold, member_id)
+        assert len(cold.get_member(member_id).purchases) == 2
+    cold.close()
+
+
 def test_snapshots_taken_from_the_saved_state_equal_replays_at_their_versions(database_url: str) -> None:
     clock = Clock(START + timedelta(days=1))
     ledger = build_ledger(Config(database_url=database_url), clock=clock)
