@@ -61,7 +61,9 @@ class UnitOfWork:
         """Straight from the event store, past the cache and its per-aggregate fast-forward lock,
         which would make every request's read of one hot, tiny aggregate (an API key) wait in
         line for the others'."""
-        aggregate = mutate_all(None, self._app.events.get(aggregate_id))
+        stored = stored_after(self._app.recorder, {aggregate_id: 0})  # one round trip on PostgreSQL
+        events = self._app.events.get(aggregate_id) if stored is None else map(self._app.mapper.to_domain_event, stored)
+        aggregate = mutate_all(None, events)
         return aggregate if isinstance(aggregate, cls) else None
 
     def refresh(self, cls: type[A], aggregate_id: UUID) -> A | None:
@@ -171,11 +173,12 @@ class UnitOfWork:
         count = self.pending_count()
         if changed:
             self._app.save_aggregates(changed)
-            cache = self._app.repository.cache
-            if cache:
-                # Saved and current: the next batch copies them instead of asking the store.
-                # Receipts are written once and seldom read again: they would only evict members.
-                for aggregate in changed:
-                    if not isinstance(aggregate, (Receipt, CardRegistration)):
-                        cache.put(aggregate.id, aggregate)
+        cache = self._app.repository.cache
+        if cache:
+            # Saved and current, or loaded and unchanged (a partner, a program): the next batch
+            # copies them instead of asking the store, once it has checked their versions.
+            # Receipts are written once and seldom read again: they would only evict members.
+            for aggregate in self._aggregates.values():
+                if not isinstance(aggregate, (Receipt, CardRegistration)):
+                    cache.put(aggregate.id, aggregate)
         return count

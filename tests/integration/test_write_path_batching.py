@@ -84,6 +84,28 @@ def test_a_cold_batch_loads_its_members_in_groups_each_read_once(database_url: s
     cold.close()
 
 
+def test_a_warm_batch_reads_nothing_but_versions_and_receipts(database_url: str, monkeypatch: Any) -> None:
+    import application.unit_of_work as unit_of_work
+
+    clock = Clock(START + timedelta(days=1))
+    setup = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(setup, members=("ann", "bob"))
+    setup.close()
+    ledger = build_ledger(Config(database_url=database_url), clock=clock)  # a server worker, starting
+    ledger.execute_batch([purchase("w-1", "5"), purchase("w-2", "5", member_id="bob")])
+    loads: list[Any] = []
+    stored_after = unit_of_work.stored_after
+    monkeypatch.setattr(unit_of_work, "stored_after", lambda recorder, after: loads.append(list(after))
+                        or stored_after(recorder, after))
+    # The members were saved by the last batch; the partner and the program were only read by
+    # it, and are cached too: nothing is loaded again.
+    results = ledger.execute_batch([purchase("w-3", "5"), purchase("w-4", "5", member_id="bob")])
+    assert [type(r) for r in results] == [Outcome] * 2 and [r.replayed for r in results] == [False, False]
+    assert loads == []
+    assert state(ledger.get_member("ann")) == replayed(ledger, "ann")
+    ledger.close()
+
+
 def test_snapshots_taken_from_the_saved_state_equal_replays_at_their_versions(database_url: str) -> None:
     clock = Clock(START + timedelta(days=1))
     ledger = build_ledger(Config(database_url=database_url), clock=clock)
