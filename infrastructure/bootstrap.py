@@ -30,6 +30,12 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
     env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
     ledger = Ledger(env=env, clock=clock, single_writer=single_writer)
+    if database.kind == "postgresql":
+        from infrastructure.binary_inserts import use_binary_inserts
+
+        use_binary_inserts(ledger.recorder)  # events sent in binary, not hex-encoded text
+        if ledger.snapshots is not None:
+            use_binary_inserts(ledger.snapshots.recorder)
     if cache_events is not None and cache_size:
         from infrastructure.event_budget_cache import EventBudgetCache
 
