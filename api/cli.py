@@ -90,7 +90,11 @@ def demo(members: int, seed: int) -> None:
 @click.option("--projections/--no-projections", "run_projections", default=None,
               help="Run the projection runner inside the server. Default: on for SQLite; on PostgreSQL run "
                    "`loyalty projections run` as its own process instead.")
-def serve(host: str, port: int, workers: int, threads: int, run_projections: bool | None) -> None:
+@click.option("--reuse-port", is_flag=True,
+              help="Each worker listens on its own socket (SO_REUSEPORT), so the kernel spreads connections "
+                   "evenly over the workers. Off by default: with it, a second server started on the same "
+                   "port shares it silently instead of failing.")
+def serve(host: str, port: int, workers: int, threads: int, run_projections: bool | None, reuse_port: bool) -> None:
     """Serve the HTTP API with gunicorn (creates the schema first)."""
     from api.serve import serve as run_server
 
@@ -106,7 +110,7 @@ def serve(host: str, port: int, workers: int, threads: int, run_projections: boo
                f"data in the {config.database.describe()}; projections "
                f"{'run in the server' if run_projections else 'not run here (loyalty projections run)'}; "
                f"docs at /docs", err=True)
-    run_server(config, host, port, workers, threads, run_projections)
+    run_server(config, host, port, workers, threads, run_projections, reuse_port=reuse_port)
 
 
 @main.group()

@@ -305,10 +305,13 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 
 class Server:
-    """`loyalty serve` (gunicorn, gthread workers) on a free loopback port."""
+    """`loyalty serve` (gunicorn, gthread workers) on a free loopback port; with `--reuse-port`,
+    so that the kernel spreads the load generator's connections evenly over the workers."""
 
-    def __init__(self, database: Database, workdir: Path, workers: int = 2, threads: int = 32) -> None:
+    def __init__(self, database: Database, workdir: Path, workers: int = 2, threads: int = 32,
+                 reuse_port: bool = True) -> None:
         self.database = database
+        self.reuse_port = reuse_port
         self.workdir = workdir
         self.workers = workers
         self.threads = threads
@@ -323,7 +326,8 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         command = [*loyalty_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", str(self.workers), "--threads", str(self.threads)]
+                   "--workers", str(self.workers), "--threads", str(self.threads),
+                   *(["--reuse-port"] if self.reuse_port else [])]
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=child_env(self.database.url, self.admin_key),
                                             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)

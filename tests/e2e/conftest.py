@@ -157,8 +157,9 @@ def server_errors(records: list[dict[str, Any]], text: str) -> list[str]:
 
 
 @pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
-    """`loyalty serve` as a real subprocess; after the test, stopped, and its log must show no 5xx."""
+def server(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """`loyalty serve` as a real subprocess; after the test, stopped, and its log must show no 5xx.
+    A test marked `serve_args(...)` gives the command more options."""
     workdir = tmp_path / "server"
     workdir.mkdir()
     log_path = workdir / "server.log"
@@ -175,6 +176,8 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
     env.pop("LOYALTY_DATA_DIR", None)
     command = [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "2", "--threads", "4"]
+    marker = request.node.get_closest_marker("serve_args")
+    command += list(marker.args) if marker else []
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
