@@ -59,11 +59,15 @@ class Status:
 
 class ProjectionRunner:
     def __init__(self, ledger: Ledger, store: ProjectionStore, projections: list[Projection] | None = None,
-                 batch_size: int = 5000) -> None:
+                 batch_size: int | None = None) -> None:
         self.ledger = ledger
         self.store = store
         self.projections = projections if projections is not None else all_projections()
-        self.batch_size = batch_size
+        # Catch-up and rebuild read at most this many events a batch (live batches are smaller).
+        # On PostgreSQL 20,000 rebuilt about a fifth faster than 5,000 (fewer statements and
+        # commits per event); on SQLite a batch holds the one write lock, which the event writers
+        # wait for, so its batches stay small.
+        self.batch_size = batch_size or (20_000 if store.kind == "postgresql" else 5_000)
         self.context = Context(ledger)
 
     # ---- schema and status ----------------------------------------------------------------
