@@ -29,6 +29,7 @@ from domain.program import Program
 Clock = Callable[[], datetime]
 LedgerError = (DomainError, ApplicationError)
 MAX_ATTEMPTS = 25
+BATCH_ATTEMPTS = 3  # whole-batch tries after a version clash, before each command goes alone
 HANDLERS = {**LEDGER_HANDLERS, **ACCESS_HANDLERS}
 
 
@@ -124,10 +125,24 @@ class Ledger(Application):
 
     def execute_batch(self, commands: Sequence[Command]) -> list[Outcome | DomainError | ApplicationError]:
         """Runs many commands and commits them in one transaction (group commit), each judged as
-        if alone: a refused command is reported and left out. If the batch cannot be committed
-        as a whole (another process got there first), each command is retried on its own."""
+        if alone: a refused command is reported and left out. If another process wrote one of the
+        batch's aggregates first (IntegrityError), the whole batch runs again on fresh state, up to
+        BATCH_ATTEMPTS times; then, or if a refused command left changes behind, each command is
+        retried on its own."""
         if not commands:
             return []
+        for attempt in range(BATCH_ATTEMPTS):
+            try:
+                return self._execute_batch_once(commands)
+            except IntegrityError:
+                # The other writer has committed by now: one more whole batch usually gets through,
+                # where retrying each command alone costs a save per command.
+                time.sleep(random.uniform(0, 0.002 * 2 ** attempt))
+            except _PoisonedBatch:
+                break
+        return [self._execute_caught(command) for command in commands]
+
+    def _execute_batch_once(self, commands: Sequence[Command]) -> list[Outcome | DomainError | ApplicationError]:
         uow = UnitOfWork(self)
         now = self.clock()
         results: list[Outcome | DomainError | ApplicationError] = []
@@ -142,9 +157,6 @@ class Ledger(Application):
                         raise _PoisonedBatch from error
                     results.append(error)
             uow.commit()
-        except (IntegrityError, _PoisonedBatch):
-            uow.forget()
-            return [self._execute_caught(command) for command in commands]
         except BaseException:
             uow.forget()
             raise

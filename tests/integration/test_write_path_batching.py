@@ -137,21 +137,52 @@ def test_a_single_writer_forgets_changes_of_a_batch_that_lost_a_race(database_ur
     other = build_ledger(Config(database_url=database_url), clock=clock, create_schema=False)
     original_save = importer.save_aggregates
     interfered: list[Any] = []
+    saves: list[int] = []
 
     def save_after_interference(aggregates: Any) -> None:
         if not interfered:
             interfered.append(other.execute(purchase("t-other", "10", at=START)))
+        saves.append(len(aggregates))
         original_save(aggregates)
 
     importer.save_aggregates = save_after_interference  # type: ignore[method-assign]
     results = importer.execute_batch([purchase(f"t-{i}", "10", at=START) for i in range(4)])
-    assert [r.replayed for r in results] == [False] * 4  # each retried alone after the clash
+    assert [r.replayed for r in results] == [False] * 4
+    assert len(saves) == 2  # the clash, then the whole batch again on fresh state (not four saves)
     cached = importer.get_member("ann")
     assert state(cached) == replayed(importer, "ann")
     assert sorted(cached.purchases) == sorted(["grocer:t-warm", "grocer:t-other"] + [f"grocer:t-{i}" for i in range(4)])
     assert cached.lifetime["earned"] == 2 + 20 * 5
     other.close()
     importer.close()
+
+
+def test_a_batch_that_keeps_clashing_is_run_command_by_command(database_url: str) -> None:
+    from application.ledger import BATCH_ATTEMPTS
+
+    clock = Clock(START + timedelta(days=1))
+    ledger = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(ledger, members=("ann", "bob"))
+    other = build_ledger(Config(database_url=database_url), clock=clock, create_schema=False)
+    original_save = ledger.save_aggregates
+    saves: list[int] = []
+
+    def save_after_interference(aggregates: Any) -> None:
+        saves.append(len(aggregates))
+        if len(saves) <= BATCH_ATTEMPTS:  # every whole-batch try loses its race
+            other.execute(purchase(f"o-{len(saves)}", "1", at=START))
+        original_save(aggregates)
+
+    ledger.save_aggregates = save_after_interference  # type: ignore[method-assign]
+    results = ledger.execute_batch([purchase("k-1", "10", at=START), purchase("k-2", "10", member_id="bob", at=START),
+                                    purchase("k-3", "10", at=START)])
+    assert [type(r) for r in results] == [Outcome] * 3 and [r.replayed for r in results] == [False] * 3
+    assert len(saves) == BATCH_ATTEMPTS + 3  # the whole batch BATCH_ATTEMPTS times, then one save per command
+    for member_id, earned in (("ann", 2 * 20 + BATCH_ATTEMPTS * 2), ("bob", 20)):
+        member = ledger.get_member(member_id)
+        assert state(member) == replayed(ledger, member_id) and member.lifetime["earned"] == earned
+    other.close()
+    ledger.close()
 
 
 def test_a_single_writer_forgets_a_batch_that_failed_midway(database_url: str) -> None:
