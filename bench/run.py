@@ -23,13 +23,13 @@ from bench import p1_http, p2_import, p3_projections, p4_as_of, p5_liability  # 
 from bench.common import drop_database, log, machine_info, median, pg_info  # noqa: E402
 
 FULL: dict[str, Any] = {
-    "P1": {"runs": 3, "clients": 32, "members_per_client": 10, "per_client": 250, "duration_s": 20,
+    "P1": {"runs": 3, "clients": 32, "members_per_client": 10, "per_client": 1000, "duration_s": 20,
            "workers": 2, "threads": 32, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
     "P2": {"runs": 3, "rows": 20_000, "smaller_rows": [5_000, 10_000], "members": 2_000, "big_rows": 1_000_000,
            "big_members": 100_000},
     "P3": {"rebuild_runs": 3, "lag": {"runs": 3, "rate_per_s": 100, "duration_s": 20, "members": 200},
            "lag_batch": {"runs": 3, "rate_per_s": 1000, "per_request": 50, "clients": 4, "duration_s": 20,
-                         "members": 200}},
+                         "members": 1000}},
     "P4": {"runs": 3, "requests": 50, "member_events": 10_000},
     "P5": {"runs": 3, "requests": 20, "grow_seconds": 90, "grow_chunk_rows": 20_000, "members": 2_000},
 }
