@@ -77,8 +77,8 @@ def serve(config: Config, host: str, port: int, workers: int, threads: int, run_
         "loglevel": "warning",
         # With reuse_port each worker listens on a socket of its own (SO_REUSEPORT) and the
         # kernel spreads connections over them; on one shared socket keep-alive clients often
-        # piled onto one worker. Under P1 (32 clients, 2 workers): single purchases went from
-        # 436-480/s (four runs of six) to 578-652/s (six of six). Opt-in: a second server on the
-        # same port would then share it silently instead of failing to start.
+        # piled onto one worker. Under P1 (32 clients, 2 workers): 430-505/s in 16 runs of 21
+        # without it, 578-652/s in 6 of 6 with it (BENCHMARKS.md, run 5). Opt-in: a second server
+        # on the same port would then share it silently instead of failing to start.
         "reuse_port": reuse_port,
     }, run_projections).run()
