@@ -9,8 +9,11 @@ rest of the INSERT: both sides wait forever (psycopg issue 685 describes the sym
 newest release, still breaks out of the loop this way). Measured here: `loyalty import purchases
 --batch-size 3000` hung on its first batch.
 
-This module swaps in the same generator with one change: it keeps flushing until libpq's output
-buffer is empty before it stops. Installed once per process by the bootstrap.
+This module wraps psycopg's own generator (its C implementation where installed): after it
+returns, whatever libpq could not yet send is flushed, reading the server's replies into libpq's
+buffer meanwhile so that neither side blocks the other; they are parsed later, as after any
+pipeline flush. A save that fits the socket's buffer pays for one more flush() call. Installed
+once per process by the bootstrap.
 """
 
 from __future__ import annotations
@@ -18,44 +21,19 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from psycopg import _pipeline_base, errors, pq
+from psycopg import _pipeline_base
 from psycopg.waiting import Ready, Wait
 
-_SYNC = pq.ExecStatus.PIPELINE_SYNC
-_COPY = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
+_original = _pipeline_base.pipeline_communicate
 
 
 def communicate_until_flushed(pgconn: Any, commands: deque[Any]) -> Any:
-    """psycopg.generators.pipeline_communicate, but done only when everything was sent."""
-    results: list[list[Any]] = []
-    while True:
-        while not (ready := (yield Wait.RW)):
-            continue
+    """psycopg's pipeline_communicate, but done only when everything was sent."""
+    results = yield from _original(pgconn, commands)
+    while pgconn.flush():  # 1: part of the output is still unsent
+        ready = yield Wait.RW
         if ready & Ready.R:
-            pgconn.consume_input()
-            while notify := pgconn.notifies():
-                if pgconn.notify_handler:
-                    pgconn.notify_handler(notify)
-            batch: list[Any] = []
-            while not pgconn.is_busy():
-                result = pgconn.get_result()
-                if result is None:
-                    if not batch:
-                        break
-                    results.append(batch)
-                    batch = []
-                elif result.status == _SYNC:
-                    results.append([result])
-                elif result.status in _COPY:
-                    raise errors.NotSupportedError("COPY cannot be used in pipeline mode")
-                else:
-                    batch.append(result)
-        if ready & Ready.W:
-            unsent = pgconn.flush()  # 1: part of the buffer is still to be sent
-            if commands:
-                commands.popleft()()
-            elif not unsent:
-                break
+            pgconn.consume_input()  # let the server go on writing; results stay buffered in libpq
     return results
 
 
