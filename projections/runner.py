@@ -108,29 +108,48 @@ class ProjectionRunner:
 
         Events are read and decoded before the transaction, so the write lock (which on SQLite
         blocks the event writers too) is held only while rows are written; the positions are
-        then re-read under the lock, and if another runner moved them the batch is dropped."""
+        then re-read under the lock, and if another runner moved them the batch is dropped.
+        A rebuilding projection keeps its flag (readers go around it) until it reaches the end
+        of the log: before that its rows hold only part of the history."""
         names = [p.name for p in self.projections]
         marks = ", ".join(["%s"] * len(names))
-        select = f"SELECT name, position FROM projection_positions WHERE name IN ({marks})"
-        seen = dict(self.store.query(select, names))
-        start = min(seen[name] for name in names)
+        select = f"SELECT name, position, rebuilding FROM projection_positions WHERE name IN ({marks})"
+        seen = self._positions(self.store.query(select, names))
+        start = min(position for position, _ in seen.values())
         notifications = self.ledger.recorder.select_notifications(
             start=start, limit=self.batch_size, inclusive_of_start=False)
+        reached_end = len(notifications) < self.batch_size
         if not notifications:
+            if any(rebuilding for _, rebuilding in seen.values()):
+                self._finish_rebuilding(select, names, seen)
             return 0
         batch = [Stored(n, self.ledger.mapper.to_domain_event(n)) for n in notifications]
         with self.store.transaction() as tx:
             lock = " FOR UPDATE" if self.store.kind == "postgresql" else ""
-            if dict(tx.execute(select + lock, names)) != seen:
+            if self._positions(tx.execute(select + lock, names)) != seen:
                 return 0  # another runner got there first; read again
             for projection in self.projections:
-                position = seen[projection.name]
+                position, rebuilding = seen[projection.name]
                 behind = batch if position == start else [s for s in batch if s.position > position]
                 if behind:
                     projection.apply(tx, behind, self.context)
-                    tx.execute("UPDATE projection_positions SET position = %s, rebuilding = 0 WHERE name = %s",
-                               (notifications[-1].id, projection.name))
+                    tx.execute("UPDATE projection_positions SET position = %s, rebuilding = %s WHERE name = %s",
+                               (notifications[-1].id, int(rebuilding and not reached_end), projection.name))
             return len(notifications)
+
+    @staticmethod
+    def _positions(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, bool]]:
+        return {name: (position, bool(rebuilding)) for name, position, rebuilding in rows}
+
+    def _finish_rebuilding(self, select: str, names: list[str], seen: dict[str, tuple[int, bool]]) -> None:
+        """Nothing after the positions: a rebuild that ended on a full batch is done."""
+        with self.store.transaction() as tx:
+            lock = " FOR UPDATE" if self.store.kind == "postgresql" else ""
+            if self._positions(tx.execute(select + lock, names)) != seen:
+                return
+            for name, (_, rebuilding) in seen.items():
+                if rebuilding:
+                    tx.execute("UPDATE projection_positions SET rebuilding = 0 WHERE name = %s", (name,))
 
     def catch_up(self, on_progress: Callable[[int], None] = lambda applied: None) -> int:
         total = 0
@@ -148,6 +167,14 @@ class ProjectionRunner:
     def rebuild(self, names: list[str] | None = None, on_progress: Callable[[int], None] = lambda n: None) -> int:
         """Empties the named projections and replays every stored event into them. Readers see
         `rebuilding` meanwhile and read members from the event store instead."""
+        chosen = self.start_rebuild(names)
+        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
+        return runner.catch_up(on_progress)
+
+    def start_rebuild(self, names: list[str] | None = None) -> list[Projection]:
+        """Empties the named projections (all if None) and sets them at position zero, flagged
+        as rebuilding; returns them. Replaying is left to the caller (one runner, or several
+        processes each with some of the projections)."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in chosen}
         if unknown or not chosen:
@@ -163,8 +190,7 @@ class ProjectionRunner:
                 projection.reset(tx)
                 tx.execute("UPDATE projection_positions SET position = 0, rebuilding = 1 WHERE name = %s",
                            (projection.name,))
-        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
-        return runner.catch_up(on_progress)
+        return chosen
 
     # ---- running --------------------------------------------------------------------------
 
