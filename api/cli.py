@@ -31,6 +31,9 @@ def main() -> None:
     Configuration comes from the environment: LOYALTY_DATABASE_URL (sqlite:///file.db, the
     default under ./data, or postgresql://user@host:port/db), LOYALTY_ADMIN_KEY, LOYALTY_LOG_FORMAT.
     """
+    from infrastructure.gc_tuning import tune_gc
+
+    tune_gc()
 
 
 @main.command()

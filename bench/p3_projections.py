@@ -45,7 +45,11 @@ def raw_read(ledger: Any, page: int) -> dict[str, Any]:
 
 def rebuild(database: Database, runs: int) -> dict[str, Any]:
     """ProjectionRunner.rebuild() of all projections (the code `loyalty projections rebuild`
-    runs), alternating with the raw read, `runs` times each, in this process."""
+    runs), alternating with the raw read, `runs` times each, in this process, with the
+    collector set as the command line sets it (infrastructure/gc_tuning.py)."""
+    from infrastructure.gc_tuning import tune_gc
+
+    tune_gc()
     ledger = open_ledger(database)
     model = open_read_model(database, ledger)
     runner = model.runner
