@@ -6,7 +6,7 @@ from typing import Any
 
 from domain.adjustment_request import APPROVED, REJECTED, AdjustmentRequest
 from projections.base import Projection, Stored
-from projections.store import Transaction, db_time
+from projections.store import Transaction
 
 COLUMNS = ("adjustment_id", "member_id", "program_id", "points", "reason", "note", "requested_by",
            "occurred_at", "requested_at", "status", "decided_by", "decided_at", "decision_note")
@@ -34,11 +34,11 @@ class AdjustmentsProjection(Projection):
                     """INSERT INTO adjustment_requests (adjustment_id, originator_id, member_id, program_id, points,
                            reason, note, requested_by, occurred_at, requested_at, status)
                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending')""",
-                    (event.adjustment_id, str(event.originator_id), event.member_id, event.program_id, event.points,
-                     event.reason, event.note, event.actor, db_time(event.occurred_at), db_time(event.timestamp)))
+                    (event.adjustment_id, stored.originator, event.member_id, event.program_id, event.points,
+                     event.reason, event.note, event.actor, stored.occurred_at, stored.recorded_at))
             elif isinstance(event, (AdjustmentRequest.AdjustmentApproved, AdjustmentRequest.AdjustmentRejected)):
                 status = APPROVED if isinstance(event, AdjustmentRequest.AdjustmentApproved) else REJECTED
                 tx.execute(
                     """UPDATE adjustment_requests SET status = %s, decided_by = %s, decided_at = %s, decision_note = %s
                        WHERE originator_id = %s""",
-                    (status, event.actor, db_time(event.timestamp), event.note, str(event.originator_id)))
+                    (status, event.actor, stored.recorded_at, event.note, stored.originator))

@@ -17,7 +17,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from domain.member import Member
 from projections.base import Projection, Stored
-from projections.store import ProjectionStore, Transaction, db_time, select_in
+from projections.store import ProjectionStore, Transaction, select_in
 
 GENESIS = "0" * 64
 
@@ -69,23 +69,22 @@ class AuditProjection(Projection):
         enrolled = []
         for stored in batch:
             if isinstance(stored.event, Member.MemberEnrolled):
-                member_ids[str(stored.notification.originator_id)] = stored.event.member_id
-                enrolled.append((str(stored.notification.originator_id), stored.event.member_id))
+                member_ids[stored.originator] = stored.event.member_id
+                enrolled.append((stored.originator, stored.event.member_id))
         tx.insert("audit_members", ("originator_id", "member_id"), enrolled)
-        others = {str(s.notification.originator_id) for s in batch if isinstance(s.event, Member.Event)} - set(member_ids)
+        others = {s.originator for s in batch if isinstance(s.event, Member.Event)} - set(member_ids)
         member_ids.update(select_in(
             tx, "SELECT originator_id, member_id FROM audit_members WHERE originator_id IN ({marks})", sorted(others)))
         rows = []
         for stored in batch:
             event, notification = stored.event, stored.notification
             previous = link(previous, notification)
-            originator = str(notification.originator_id)
+            originator = stored.originator
             member_id = member_ids[originator] if isinstance(event, Member.Event) else None
             rows.append((
                 notification.id, originator, notification.originator_version, type(event).__name__, member_id,
                 points_delta(event), getattr(event, "actor", None), getattr(event, "partner_id", None),
-                getattr(event, "store_id", None), db_time(getattr(event, "occurred_at", None)),
-                db_time(event.timestamp), previous,
+                getattr(event, "store_id", None), stored.occurred_at, stored.recorded_at, previous,
             ))
         tx.insert("audit_trail", ("position", "originator_id", "version", "event_type", "member_id", "points_delta",
                                   "actor", "partner_id", "store_id", "occurred_at", "recorded_at", "hash"), rows)

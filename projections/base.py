@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from eventsourcing.persistence import Notification
 
-from projections.store import ProjectionStore, Transaction
+from projections.store import ProjectionStore, Transaction, db_time
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,19 @@ class Stored:
     @property
     def position(self) -> int:
         return self.notification.id
+
+    # Several projections write the same event's ids and times: each is made text once.
+    @cached_property
+    def originator(self) -> str:
+        return str(self.notification.originator_id)
+
+    @cached_property
+    def recorded_at(self) -> str:
+        return db_time(self.event.timestamp)  # type: ignore[return-value]
+
+    @cached_property
+    def occurred_at(self) -> str | None:
+        return db_time(getattr(self.event, "occurred_at", None))
 
 
 class Projection:

@@ -102,12 +102,12 @@ class LiabilityProjection(Projection):
             return purchases[(originator, purchase)]
 
         # Programs and lot issuers of members enrolled in earlier batches: a few queries, not one each.
-        enrolled_here = {str(s.event.originator_id) for s in batch if isinstance(s.event, Member.MemberEnrolled)}
-        members_here = {str(s.event.originator_id) for s in batch if isinstance(s.event, Member.Event)}
+        enrolled_here = {s.originator for s in batch if isinstance(s.event, Member.MemberEnrolled)}
+        members_here = {s.originator for s in batch if isinstance(s.event, Member.Event)}
         programs.update(select_in(
             tx, "SELECT originator_id, program_id FROM liability_lot_issuers WHERE lot_id = '' AND originator_id IN ({marks})",
             sorted(members_here - enrolled_here)))
-        spent = {(str(s.event.originator_id), lot_id) for s in batch for lot_id in _lots_touched(s.event)}
+        spent = {(s.originator, lot_id) for s in batch for lot_id in _lots_touched(s.event)}
         for originator, lot_id, issuer in select_pairs(
                 tx, "SELECT originator_id, lot_id, issuer FROM liability_lot_issuers WHERE {pairs}",
                 ("originator_id", "lot_id"), sorted(p for p in spent if p[0] not in enrolled_here)):
@@ -116,7 +116,7 @@ class LiabilityProjection(Projection):
             event = stored.event
             if not isinstance(event, Member.Event):
                 continue
-            originator = str(event.originator_id)
+            originator = stored.originator
             day = event.occurred_at.astimezone(context.utc).date().isoformat()
             if isinstance(event, Member.MemberEnrolled):
                 programs[originator] = event.program_id

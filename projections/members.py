@@ -64,7 +64,7 @@ class MemberProjection(Projection):
             if isinstance(event, CardRegistration.CardRegistered):
                 fold.cards.append((event.program_id, event.card_number, event.member_id))
             elif isinstance(event, Member.Event):
-                fold.add(event)
+                fold.add(stored)
         fold.write()
 
 
@@ -82,8 +82,8 @@ class _Fold:
         self.new_lots: dict[tuple[str, str], dict[str, Any]] = {}
         self.lot_delta: dict[tuple[str, str], int] = defaultdict(int)
 
-    def add(self, event: Member.Event) -> None:
-        originator = str(event.originator_id)
+    def add(self, stored: Stored) -> None:
+        event, originator = stored.event, stored.originator
         self.version[originator] = event.originator_version
         life = self.lifetime[originator]
         if isinstance(event, Member.MemberEnrolled):
@@ -112,7 +112,7 @@ class _Fold:
         elif isinstance(event, Member.PointsAdjusted):
             life["adjusted"] += event.points
         elif isinstance(event, Member.TierChanged):
-            self.tier[originator] = (event.to_tier, db_time(event.occurred_at) or "")
+            self.tier[originator] = (event.to_tier, stored.occurred_at or "")
 
     def member(self, originator: str) -> tuple[str, str]:
         return self.members[originator]

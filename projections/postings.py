@@ -6,7 +6,7 @@ from typing import Any
 
 from domain.member import Member
 from projections.base import Projection, Stored
-from projections.store import Transaction, db_time, select_in
+from projections.store import Transaction, select_in
 
 
 class PostingsProjection(Projection):
@@ -32,10 +32,10 @@ class PostingsProjection(Projection):
         for stored in batch:
             if isinstance(stored.event, Member.MemberEnrolled):
                 event = stored.event
-                members[str(event.originator_id)] = (event.member_id, event.program_id)
-                enrolled.append((str(event.originator_id), event.member_id, event.program_id))
+                members[stored.originator] = (event.member_id, event.program_id)
+                enrolled.append((stored.originator, event.member_id, event.program_id))
         tx.insert("postings_members", ("originator_id", "member_id", "program_id"), enrolled)
-        wanted = {str(s.event.originator_id) for s in batch
+        wanted = {s.originator for s in batch
                   if isinstance(s.event, (Member.PurchaseRecorded, Member.PurchaseReturned))} - set(members)
         for originator, member_id, program_id in select_in(
                 tx, "SELECT originator_id, member_id, program_id FROM postings_members WHERE originator_id IN ({marks})",
@@ -44,15 +44,15 @@ class PostingsProjection(Projection):
         for stored in batch:
             event = stored.event
             if isinstance(event, Member.PurchaseRecorded):
-                member_id, program_id = members[str(event.originator_id)]
+                member_id, program_id = members[stored.originator]
                 postings.append((event.partner_id, event.transaction_id, program_id, "purchase", member_id,
                                  event.store_id, str(event.amount), event.currency, event.points, None,
-                                 db_time(event.occurred_at), db_time(event.timestamp), stored.position))
+                                 stored.occurred_at, stored.recorded_at, stored.position))
             elif isinstance(event, Member.PurchaseReturned):
-                member_id, program_id = members[str(event.originator_id)]
+                member_id, program_id = members[stored.originator]
                 postings.append((event.partner_id, event.transaction_id, program_id, "return", member_id, None,
                                  str(event.amount), None, 0, event.original_transaction_id,
-                                 db_time(event.occurred_at), db_time(event.timestamp), stored.position))
+                                 stored.occurred_at, stored.recorded_at, stored.position))
             elif isinstance(event, Member.AccrualReversed):
                 reversed_points.append((-event.points, event.purchase.partition(":")[0], event.return_transaction_id))
         tx.insert("partner_postings", ("partner_id", "transaction_id", "program_id", "kind", "member_id", "store_id",

@@ -55,7 +55,7 @@ class TimelineProjection(Projection):
             event = stored.event
             if not isinstance(event, Member.Event):
                 continue
-            originator = str(event.originator_id)
+            originator = stored.originator
             occurred, recorded = micros(event.occurred_at), micros(event.timestamp)
             if isinstance(event, Member.MemberEnrolled):
                 members[originator] = event.member_id
