@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -162,7 +163,6 @@ def projections() -> None:
 def run_projections(once: bool) -> None:
     """Apply new events to the projections, in batches; follows the log until interrupted."""
     import signal
-    import threading
 
     from infrastructure.logging import configure_logging
 
@@ -355,35 +355,61 @@ def import_group() -> None:
               help="At most this many members kept in memory between batches.")
 @click.option("--cache-events", default=100_000, show_default=True, type=click.IntRange(1, 1_000_000_000),
               help="At most this many events' worth of member history kept in memory: bounds the importer's memory.")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Processes importing at once, each given whole members' rows. Default: one per CPU on "
+                   "PostgreSQL; SQLite takes one writer at a time, so 1 there. Caches are per worker.")
 def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejects_path: Path | None,
-                             cache_members: int, cache_events: int) -> None:
+                             cache_members: int, cache_events: int, workers: int | None) -> None:
     """Stream purchases from a .csv or .jsonl file, committing batches; safe to run again after a
     crash (rows already imported are recognised by their transaction ids and counted once)."""
     from application.bulk_import import file_kind, import_purchases
     from infrastructure.bootstrap import build_ledger
+    from infrastructure.import_workers import WorkerFailed, import_in_processes
 
     try:
         kind = file_kind(path)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     config = load_config()
+    if config.database.kind != "postgresql" and (workers or 1) > 1:
+        raise click.ClickException(f"--workers {workers} needs PostgreSQL: {config.database.kind} has one writer at a time")
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if config.database.kind == "postgresql" else 1
     # The importer is its cache's only writer: members are changed in place, not copied per batch.
     # A member the cache lost is reloaded with the rest of its batch (snapshot and later events).
+    # (Also creates the schema: once, before any worker starts.)
     ledger = build_ledger(config, cache_size=cache_members, cache_events=cache_events, single_writer=True)
+    if workers > 1:
+        ledger.close()  # the workers open their own
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
     with path.open(encoding="utf-8") as counting:
         total = sum(1 for line in counting if line.strip()) - (1 if kind == "csv" else 0)
     try:
-        with path.open(encoding="utf-8", newline="") as stream, rejects_path.open("w", encoding="utf-8") as rejects, \
+        with path.open(encoding="utf-8", newline="") as stream, \
                 click.progressbar(length=max(total, 0), label=f"Importing {path.name}", show_pos=True) as bar:
-            summary = import_purchases(ledger, stream, kind, partner_id, rejects, actor="cli:import",
-                                       batch_size=batch_size, on_progress=bar.update)
-    except ValueError as error:
+            if workers > 1:
+                progress = threading.Lock()
+
+                def advance(rows: int) -> None:
+                    with progress:  # the workers report from threads of their own
+                        bar.update(rows)
+
+                summary = import_in_processes(
+                    config, stream, kind, partner_id, rejects_path, workers=workers, actor="cli:import",
+                    batch_size=batch_size, cache_members=cache_members, cache_events=cache_events,
+                    on_progress=advance)
+            else:
+                with rejects_path.open("w", encoding="utf-8") as rejects:
+                    summary = import_purchases(ledger, stream, kind, partner_id, rejects, actor="cli:import",
+                                               batch_size=batch_size, on_progress=bar.update)
+    except (ValueError, WorkerFailed) as error:
         raise click.ClickException(str(error)) from None
     finally:
-        ledger.close()
+        if workers == 1:
+            ledger.close()
     click.echo(f"rows {summary.rows:,}: imported {summary.imported:,} ({summary.points:,} points), "
-               f"already imported {summary.already_imported:,}, rejected {summary.rejected:,}")
+               f"already imported {summary.already_imported:,}, rejected {summary.rejected:,}"
+               + (f" ({workers} workers)" if workers > 1 else ""))
     if summary.rejected:
         reasons = ", ".join(f"{k} x{v:,}" for k, v in sorted(summary.reasons.items(), key=lambda kv: -kv[1]))
         click.echo(f"rejected rows are in {rejects_path} ({reasons})")

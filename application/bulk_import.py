@@ -33,7 +33,13 @@ class ImportSummary:
 
 
 def read_rows(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """(line number, row or None, why unreadable) for each record of the file."""
+    """(line number, row or None, why unreadable) for each record of the file. Kind "numbered":
+    `[line number, row]` JSON lines, rows already read from a file (by infrastructure/import_workers)."""
+    if kind == "numbered":
+        for line in stream:
+            number, row = json.loads(line)
+            yield number, row, None
+        return
     if kind == "jsonl":
         for number, line in enumerate(stream, start=1):
             if not line.strip():

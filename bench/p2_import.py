@@ -16,6 +16,7 @@ from bench.common import (
     PARTNER_ID,
     Database,
     child_env,
+    children,
     cpu_cores_used,
     cpu_ticks,
     fresh_database,
@@ -42,34 +43,42 @@ def write_purchases(path: Path, rows: int, members: int, tag: str, days: int = 5
                       f"{moment.strftime('%Y-%m-%dT%H:%M:%SZ')}\n")
 
 
-def run_import(database: Database, path: Path, batch_size: int = 1000) -> dict[str, Any]:
-    """Runs the importer as a child process; its peak RSS from /proc/<pid>/status (VmHWM,
-    sampled) and from wait4's rusage (ru_maxrss, exact)."""
+def run_import(database: Database, path: Path, batch_size: int = 1000, workers: int | None = None) -> dict[str, Any]:
+    """Runs the importer as a child process (with its worker processes, by default one per CPU
+    on PostgreSQL); the peak RSS of each, from /proc/<pid>/status (VmHWM, sampled), and the
+    parent's from wait4's rusage (ru_maxrss, exact). The importer's memory is the sum of its
+    processes' peaks (an upper bound: they need not peak at the same moment)."""
     command = [*loyalty_command(), "import", "purchases", str(path), "--partner", PARTNER_ID,
-               "--batch-size", str(batch_size)]
+               "--batch-size", str(batch_size)] + (["--workers", str(workers)] if workers else [])
     out_path = path.with_suffix(".out")
     with out_path.open("wb") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, env=child_env(database.url), stdout=out, stderr=subprocess.STDOUT)
-        cpu_before = cpu_ticks({"importer": [process.pid]})
-        samples: list[int] = []
+        cpu_before = cpu_ticks({})
+        peaks: dict[int, int] = {}  # pid -> VmHWM (KiB)
+        ticks: dict[int, int] = {}  # pid -> CPU ticks at its last reading
+        timeline: list[tuple[float, int]] = []
         done = threading.Event()
         last_cpu: dict[str, Any] = {}
 
-        timeline: list[tuple[float, int]] = []  # (seconds since start, VmHWM KiB) about every 5 s
-
         def sample() -> None:
+            pids, listed = [process.pid], 0.0
             while not done.is_set():
-                value = vmhwm_kib(process.pid)
-                if value is not None:
-                    samples.append(value)
-                    moment = time.perf_counter() - started
-                    if moment >= 5 and (not timeline or moment - timeline[-1][0] >= 5):
-                        timeline.append((round(moment, 1), value))
-                    # Backends that close before the importer exits keep their last reading.
-                    seen = dict(last_cpu.get("postgres_pids", {}))
-                    last_cpu.update(cpu_ticks({"importer": [process.pid]}))
-                    last_cpu["postgres_pids"] = {**seen, **last_cpu["postgres_pids"]}
+                if time.perf_counter() - listed >= 1:  # scanning /proc for the workers costs CPU: once a second
+                    pids, listed = [process.pid, *children(process.pid)], time.perf_counter()
+                for pid in pids:
+                    value = vmhwm_kib(pid)
+                    if value is not None:
+                        peaks[pid] = max(value, peaks.get(pid, 0))
+                moment = time.perf_counter() - started
+                if peaks and moment >= 5 and (not timeline or moment - timeline[-1][0] >= 5):
+                    timeline.append((round(moment, 1), sum(peaks.values())))
+                # Processes (workers, backends) that exit before the importer does keep their last reading.
+                reading = cpu_ticks({str(pid): [pid] for pid in pids})
+                ticks.update({pid: reading.pop(str(pid)) for pid in pids if reading.get(str(pid))})
+                seen = dict(last_cpu.get("postgres_pids", {}))
+                last_cpu.update({k: v for k, v in reading.items() if not k.isdigit()})
+                last_cpu["postgres_pids"] = {**seen, **last_cpu["postgres_pids"]}
                 done.wait(0.05)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -86,13 +95,21 @@ def run_import(database: Database, path: Path, batch_size: int = 1000) -> dict[s
     if not match:
         raise RuntimeError(f"unexpected importer output:\n{output[-2000:]}")
     rows, imported, already, rejected = (int(g.replace(",", "")) for g in match.groups())
+    workers_used = re.search(r"\((\d+) workers\)", output)
     cpu = cpu_cores_used(cpu_before, last_cpu, elapsed) if last_cpu else {}
+    if cpu:
+        cpu["importer"] = round(sum(ticks.values()) / os.sysconf("SC_CLK_TCK") / elapsed, 2)
+        cpu["other"] = round(cpu["other"] - cpu["importer"], 2)
+    worker_peaks = [peak for pid, peak in peaks.items() if pid != process.pid]
     return {
         "rows": rows, "imported": imported, "already_imported": already, "rejected": rejected,
+        "workers": int(workers_used.group(1)) if workers_used else 1,
         "elapsed_s": round(elapsed, 3),
         "purchases_per_s": round(imported / elapsed, 1),
         "peak_rss_kib_wait4": usage.ru_maxrss,
-        "vmhwm_kib_sampled": max(samples) if samples else None,
+        "peak_rss_kib_workers": worker_peaks,
+        "peak_rss_kib_total": usage.ru_maxrss + sum(worker_peaks),
+        "vmhwm_kib_sampled": sum(peaks.values()) if peaks else None,
         "vmhwm_kib_timeline": timeline,
         "cpu_cores_used": cpu,
     }
@@ -115,7 +132,7 @@ def run_once(label: str, rows: int, members: int, workdir: Path, keep: bool = Fa
         result["file_bytes"] = path.stat().st_size
         path.unlink()
         log(f"P2 {label}: {result['imported']:,} purchases in {result['elapsed_s']} s = {result['purchases_per_s']}/s; "
-            f"peak RSS {result['peak_rss_kib_wait4'] / 1024:.1f} MiB")
+            f"peak RSS {result['peak_rss_kib_total'] / 1024:.1f} MiB ({result['workers']} workers)")
         if result["imported"] != rows:
             raise RuntimeError(f"imported {result['imported']} of {rows}")
     except BaseException:
@@ -133,7 +150,7 @@ def run_big(rows: int, members: int, workdir: Path) -> dict[str, Any]:
     timeline = result["vmhwm_kib_timeline"]
     quarters = {f"{q}%": round(timeline[min(len(timeline) - 1, len(timeline) * q // 100)][1] / 1024, 1)
                 for q in (25, 50, 75)} if timeline else {}
-    quarters["100%"] = round(result["peak_rss_kib_wait4"] / 1024, 1)
+    quarters["100%"] = round(result["peak_rss_kib_total"] / 1024, 1)
     result["peak_rss_mib_by_elapsed_share"] = quarters
     log(f"P2 {rows:,} rows: {result['elapsed_s']} s; peak RSS by share of the run {quarters}")
     return result

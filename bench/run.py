@@ -78,11 +78,11 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         elapsed = median([r["elapsed_s"] for r in runs])
         rows = runs[0]["rows"]
         smaller = results["P2"]["smaller"]
-        big_rss = max(r["peak_rss_kib_wait4"] for r in runs)
+        big_rss = max(r["peak_rss_kib_total"] for r in runs)
         half = smaller[-1]
-        growth = big_rss / half["peak_rss_kib_wait4"] - 1
+        growth = big_rss / half["peak_rss_kib_total"] - 1
         million = 1_000_000 / rate if rate else None
-        sizes = {f"{s['rows']} rows": round(s["peak_rss_kib_wait4"] / 1024, 1) for s in smaller}
+        sizes = {f"{s['rows']} rows": round(s["peak_rss_kib_total"] / 1024, 1) for s in smaller}
         sizes[f"{rows} rows (max of {len(runs)} runs)"] = round(big_rss / 1024, 1)
         summary["P2"] = {"runs": len(runs), "rows": rows, "purchases_per_s_median": rate,
                          "elapsed_s_median": elapsed, "extrapolated_1m_s": round(million, 1) if million else None,
@@ -177,7 +177,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             workers = [kib for m in sources for kib in m["worker_vmhwm_kib"]]
             memory[f"server_worker_vmhwm_mib_max_{part}"] = round(max(workers) / 1024, 1) if workers else None
     if "P2" in results:
-        memory["importer_peak_rss_mib_max"] = round(max(r["peak_rss_kib_wait4"] for r in results["P2"]["runs"]) / 1024, 1)
+        memory["importer_peak_rss_mib_max"] = round(max(r["peak_rss_kib_total"] for r in results["P2"]["runs"]) / 1024, 1)
     summary["peak_memory"] = memory
     summary["goals"] = goals
     return summary
