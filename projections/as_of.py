@@ -31,6 +31,7 @@ _BY_MOVEMENT = """
            COALESCE(SUM(CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN m.delta ELSE 0 END), 0)
     FROM member_lot_movements m WHERE {filter}
       AND NOT EXISTS (SELECT 1 FROM member_flagged_lots f WHERE f.member_id = m.member_id AND f.lot_id = m.lot_id)"""
+_ALL_MOVEMENTS = _BY_MOVEMENT[:_BY_MOVEMENT.index("\n      AND NOT EXISTS")]
 # Flagged lots: summed lot by lot, then classified like Lot.state_at (debt counts as available).
 _BY_LOT = """
     SELECT COALESCE(SUM(CASE WHEN m.remaining < 0 THEN m.remaining
@@ -73,8 +74,12 @@ def timeline_balance(store: ProjectionStore, ledger: Ledger, member_id: str, as_
         if not tail:
             where = ("m.member_id = %s AND m.version <= %s AND m.occurred_at <= %s"
                      + (" AND m.recorded_at <= %s" if known is not None else ""))
+            # Most members have no flagged lot: then one pass over the movements, without the
+            # anti-join and the per-lot pass (which scanned every movement to find none).
+            flagged = tx.execute("SELECT 1 FROM member_flagged_lots WHERE member_id = %s LIMIT 1", (member_id,))
+            statements = (_BY_MOVEMENT, _BY_LOT) if flagged else (_ALL_MOVEMENTS,)
             totals = {AVAILABLE: 0, PENDING: 0, DUE: 0}
-            for statement in (_BY_MOVEMENT, _BY_LOT):
+            for statement in statements:
                 for state, points in zip((AVAILABLE, PENDING, DUE),
                                          tx.execute(statement.format(filter=where), [t, t, t, t, t, *params])[0]):
                     totals[state] += int(points)
