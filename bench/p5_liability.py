@@ -39,7 +39,7 @@ def grow(database: Database, workdir: Path, seconds: float, chunk_rows: int, mem
         imported += result["imported"]
         chunks += 1
         log(f"P5 grow: chunk {chunks}, {result['imported']:,} purchases at {result['purchases_per_s']}/s, "
-            f"peak RSS {result['peak_rss_kib_wait4'] / 1024:.1f} MiB; {head(database):,} events stored")
+            f"peak RSS {result['peak_rss_kib_total'] / 1024:.1f} MiB; {head(database):,} events stored")
     return {"chunks": chunks, "purchases": imported, "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -52,61 +52,68 @@ def import_in_processes(
                "cache_events": cache_events}
     env = {**os.environ, "LOYALTY_DATABASE_URL": config.database_url, "LOYALTY_LOG_FORMAT": config.log_format}
     parts = [rejects_path.with_name(f"{rejects_path.name}.part{index}") for index in range(workers + 1)]
-    processes = [subprocess.Popen([sys.executable, "-m", __name__, json.dumps({**options, "rejects": str(part)})],
-                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, encoding="utf-8")
-                 for part in parts[:workers]]
-    results: list[dict[str, Any] | None] = [None] * workers
-    errors: list[list[str]] = [[] for _ in processes]
-    threads = []
-    for index, process in enumerate(processes):
-        _widen(process.stdin)
-        threads.append(threading.Thread(target=_follow, args=(process.stdout, index, results, on_progress), daemon=True))
-        threads.append(threading.Thread(target=_keep_tail, args=(process.stderr, errors[index]), daemon=True))
-    for thread in threads:
-        thread.start()
-    unreadable = ImportSummary()
     try:
-        with parts[workers].open("w", encoding="utf-8") as own_rejects:
-            for number, row, why in read_rows(stream, kind):
-                if row is None:  # refused here: the workers see only rows that parsed
-                    unreadable.rows += 1
-                    unreadable.rejected += 1
-                    unreadable.reasons["malformed-row"] = unreadable.reasons.get("malformed-row", 0) + 1
-                    own_rejects.write(json.dumps({"line": number, "reason": f"malformed-row: {why}", "row": None}) + "\n")
-                    on_progress(1)
-                    continue
-                target = processes[worker_of(row, workers)]
-                try:
-                    target.stdin.write(json.dumps([number, row], default=str) + "\n")  # type: ignore[union-attr]
-                except BrokenPipeError:
-                    break  # that worker died; its error is reported below
-        for process in processes:
-            try:
-                process.stdin.close()  # type: ignore[union-attr]
-            except BrokenPipeError:
-                pass
-        for process in processes:
-            process.wait()
+        processes = [subprocess.Popen([sys.executable, "-m", __name__, json.dumps({**options, "rejects": str(part)})],
+                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, encoding="utf-8")
+                     for part in parts[:workers]]
+        results: list[dict[str, Any] | None] = [None] * workers
+        errors: list[list[str]] = [[] for _ in processes]
+        threads = []
+        for index, process in enumerate(processes):
+            _widen(process.stdin)
+            threads.append(threading.Thread(target=_follow, args=(process.stdout, index, results, on_progress), daemon=True))
+            threads.append(threading.Thread(target=_keep_tail, args=(process.stderr, errors[index]), daemon=True))
         for thread in threads:
-            thread.join()
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+            thread.start()
+        try:
+            with parts[workers].open("w", encoding="utf-8") as own_rejects:
+                unreadable = _deal(read_rows(stream, kind), processes, own_rejects, on_progress)
+            for process in processes:
+                try:
+                    process.stdin.close()  # type: ignore[union-attr]
+                except BrokenPipeError:
+                    pass
+            for process in processes:
                 process.wait()
-    failures = [f"worker {index}: {errors[index][-1] if errors[index] else f'exit code {process.returncode}'}"
-                for index, process in enumerate(processes) if process.returncode != 0 or results[index] is None]
-    try:
+            for thread in threads:
+                thread.join()
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        failures = [f"worker {index}: {errors[index][-1] if errors[index] else f'exit code {process.returncode}'}"
+                    for index, process in enumerate(processes) if process.returncode != 0 or results[index] is None]
         if failures:
             # What the workers committed stays committed (and receipted): running the same
             # import again carries on without counting anything twice.
             raise WorkerFailed("import failed in " + "; ".join(failures))
         _merge_rejects(parts, rejects_path)
+        return _add_up([unreadable, *(ImportSummary(**result) for result in results if result is not None)])
     finally:
         for part in parts:
             part.unlink(missing_ok=True)
-    return _add_up([unreadable, *(ImportSummary(**result) for result in results if result is not None)])
+
+
+def _deal(rows: Iterator[tuple[int, dict[str, Any] | None, str | None]], processes: list[subprocess.Popen[str]],
+          own_rejects: IO[str], on_progress: Callable[[int], None]) -> ImportSummary:
+    """Each row to its member's worker; rows that did not parse are refused here (returned)."""
+    unreadable = ImportSummary()
+    for number, row, why in rows:
+        if row is None:
+            unreadable.rows += 1
+            unreadable.rejected += 1
+            unreadable.reasons["malformed-row"] = unreadable.reasons.get("malformed-row", 0) + 1
+            own_rejects.write(json.dumps({"line": number, "reason": f"malformed-row: {why}", "row": None}) + "\n")
+            on_progress(1)
+            continue
+        try:
+            processes[worker_of(row, len(processes))].stdin.write(  # type: ignore[union-attr]
+                json.dumps([number, row], default=str) + "\n")
+        except BrokenPipeError:
+            break  # that worker died; the caller reports its error
+    return unreadable
 
 
 def _widen(pipe: Any) -> None:

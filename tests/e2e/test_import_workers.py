@@ -111,3 +111,15 @@ def test_an_import_killed_midway_completes_exactly_once_when_run_again(database_
     # Some rows were committed before the kill, some were not; none is counted twice.
     assert imported + already == 6000 and already >= 500 and imported > 0, again.stdout
     assert_each_member_has(database_url, {m: 6000 // len(MEMBERS) for m in MEMBERS})
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_file_the_reader_refuses_stops_every_worker_and_leaves_nothing(database_url: str, tmp_path: Path) -> None:
+    set_up_members(database_url)
+    path = tmp_path / "purchases.csv"
+    path.write_text("t-1,w-1,g-1,1.00,EUR,2025-01-06T09:00:00Z\n")  # no header
+    result = run_import(database_url, path, "--workers", "2")
+    assert result.returncode == 1 and "needs a header" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.part*"))
+    assert_each_member_has(database_url, dict.fromkeys(MEMBERS, 0))
