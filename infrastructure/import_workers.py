@@ -89,7 +89,7 @@ def import_in_processes(
             # What the workers committed stays committed (and receipted): running the same
             # import again carries on without counting anything twice.
             raise WorkerFailed("import failed in " + "; ".join(failures))
-        _merge_rejects(parts, rejects_path)
+        merge_rejects(parts, rejects_path)
         return _add_up([unreadable, *(ImportSummary(**result) for result in results if result is not None)])
     finally:
         for part in parts:
@@ -139,7 +139,7 @@ def _keep_tail(stream: IO[str], tail: list[str]) -> None:
             tail[:] = [*tail[-19:], line.strip()]
 
 
-def _merge_rejects(parts: list[Path], rejects_path: Path) -> None:
+def merge_rejects(parts: list[Path], rejects_path: Path) -> None:
     """Each part is in line order already: merged as a stream, never all in memory."""
     files = [part.open(encoding="utf-8") for part in parts if part.exists()]
     try:
@@ -195,4 +195,4 @@ if __name__ == "__main__":
     run_worker(json.loads(sys.argv[1]))
 
 
-__all__ = ["WorkerFailed", "import_in_processes", "worker_of"]
+__all__ = ["WorkerFailed", "import_in_processes", "merge_rejects", "worker_of"]
