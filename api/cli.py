@@ -354,7 +354,8 @@ def import_group() -> None:
 @click.option("--cache-members", default=10_000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="At most this many members kept in memory between batches.")
 @click.option("--cache-events", default=100_000, show_default=True, type=click.IntRange(1, 1_000_000_000),
-              help="At most this many events' worth of member history kept in memory: bounds the importer's memory.")
+              help="At most this many events' worth of member history kept in memory: bounds the importer's memory "
+                   "(shared among the workers).")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Processes importing at once, each given whole members' rows. Default: one per CPU on "
                    "PostgreSQL; SQLite takes one writer at a time, so 1 there. Caches are per worker.")
@@ -394,10 +395,11 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
                     with progress:  # the workers report from threads of their own
                         bar.update(rows)
 
+                # The cache bounds are the importer's, shared out: its memory stays bounded the same.
                 summary = import_in_processes(
                     config, stream, kind, partner_id, rejects_path, workers=workers, actor="cli:import",
-                    batch_size=batch_size, cache_members=cache_members, cache_events=cache_events,
-                    on_progress=advance)
+                    batch_size=batch_size, cache_members=cache_members // workers,
+                    cache_events=max(1, cache_events // workers), on_progress=advance)
             else:
                 with rejects_path.open("w", encoding="utf-8") as rejects:
                     summary = import_purchases(ledger, stream, kind, partner_id, rejects, actor="cli:import",
