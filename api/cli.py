@@ -358,7 +358,7 @@ def import_group() -> None:
                    "(shared among the workers).")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Processes importing at once, each given whole members' rows. Default: one per CPU on "
-                   "PostgreSQL; SQLite takes one writer at a time, so 1 there. Caches are per worker.")
+                   "PostgreSQL; SQLite takes one writer at a time, so 1 there. The cache bounds are shared among them.")
 def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejects_path: Path | None,
                              cache_members: int, cache_events: int, workers: int | None) -> None:
     """Stream purchases from a .csv or .jsonl file, committing batches; safe to run again after a

@@ -31,6 +31,23 @@ class ImportSummary:
     points: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
+    def reject(self, rejects: IO[str], number: int, reason: str, row: dict[str, Any] | None) -> None:
+        """Counts a refused row by the kind of its reason and writes it to the rejects file."""
+        self.rejected += 1
+        kind_of = reason.split(":")[0]
+        self.reasons[kind_of] = self.reasons.get(kind_of, 0) + 1
+        rejects.write(json.dumps({"line": number, "reason": reason, "row": row}, default=str) + "\n")
+
+    def add(self, other: ImportSummary) -> None:
+        """Another part of the same import (a worker's share) counted in."""
+        self.rows += other.rows
+        self.imported += other.imported
+        self.already_imported += other.already_imported
+        self.rejected += other.rejected
+        self.points += other.points
+        for reason, count in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
+
 
 def read_rows(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, row or None, why unreadable) for each record of the file. Kind "numbered":
@@ -87,10 +104,7 @@ def import_purchases(
     batch: list[tuple[int, RecordPurchase]] = []
 
     def reject(number: int, reason: str, row: dict[str, Any] | None) -> None:
-        summary.rejected += 1
-        kind_of = reason.split(":")[0]
-        summary.reasons[kind_of] = summary.reasons.get(kind_of, 0) + 1
-        rejects.write(json.dumps({"line": number, "reason": reason, "row": row}, default=str) + "\n")
+        summary.reject(rejects, number, reason, row)
 
     def flush() -> None:
         if not batch:

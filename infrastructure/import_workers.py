@@ -4,8 +4,8 @@ runs the ordinary import (application/bulk_import.py) on its share.
 
 Why processes: the import is mostly Python (building commands, events and their JSON), and one
 process runs one thread of Python at a time. The library's table lock still serialises the
-saves, but a save is a small part of a batch's time, so two workers on two cores imported about
-1.85 times as fast as one. Exactly once still holds: every posting's receipt is created in the
+saves, but a save is a small part of a batch's time, so two workers on two cores imported
+20,000 rows 1.77 times as fast as one (2,951/s against 1,670/s). Exactly once still holds: every posting's receipt is created in the
 same save as the posting, whichever worker saves it, so a second import of the same file (after
 a crash, say) counts nothing twice.
 """
@@ -103,9 +103,7 @@ def _deal(rows: Iterator[tuple[int, dict[str, Any] | None, str | None]], process
     for number, row, why in rows:
         if row is None:
             unreadable.rows += 1
-            unreadable.rejected += 1
-            unreadable.reasons["malformed-row"] = unreadable.reasons.get("malformed-row", 0) + 1
-            own_rejects.write(json.dumps({"line": number, "reason": f"malformed-row: {why}", "row": None}) + "\n")
+            unreadable.reject(own_rejects, number, f"malformed-row: {why}", None)
             on_progress(1)
             continue
         try:
@@ -159,13 +157,7 @@ def _numbered(lines: IO[str]) -> Iterator[tuple[int, str]]:
 def _add_up(summaries: list[ImportSummary]) -> ImportSummary:
     total = ImportSummary()
     for summary in summaries:
-        total.rows += summary.rows
-        total.imported += summary.imported
-        total.already_imported += summary.already_imported
-        total.rejected += summary.rejected
-        total.points += summary.points
-        for reason, count in summary.reasons.items():
-            total.reasons[reason] = total.reasons.get(reason, 0) + count
+        total.add(summary)
     return total
 
 

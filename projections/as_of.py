@@ -23,15 +23,15 @@ from projections.store import ProjectionStore, Transaction, from_micros, micros
 
 # Lots never flagged (see projections/timeline.py) cannot sum below zero over any subset of
 # their events, so each movement is classified by its lot's dates alone, with no grouping.
-_BY_MOVEMENT = """
+_ALL_MOVEMENTS = """
     SELECT COALESCE(SUM(CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN 0
                              WHEN m.available_at > %s THEN 0 ELSE m.delta END), 0),
            COALESCE(SUM(CASE WHEN (m.expires_at IS NULL OR m.expires_at > %s) AND m.available_at > %s
                              THEN m.delta ELSE 0 END), 0),
            COALESCE(SUM(CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= %s THEN m.delta ELSE 0 END), 0)
-    FROM member_lot_movements m WHERE {filter}
+    FROM member_lot_movements m WHERE {filter}"""
+_BY_MOVEMENT = _ALL_MOVEMENTS + """
       AND NOT EXISTS (SELECT 1 FROM member_flagged_lots f WHERE f.member_id = m.member_id AND f.lot_id = m.lot_id)"""
-_ALL_MOVEMENTS = _BY_MOVEMENT[:_BY_MOVEMENT.index("\n      AND NOT EXISTS")]
 # Flagged lots: summed lot by lot, then classified like Lot.state_at (debt counts as available).
 _BY_LOT = """
     SELECT COALESCE(SUM(CASE WHEN m.remaining < 0 THEN m.remaining

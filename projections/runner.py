@@ -167,14 +167,6 @@ class ProjectionRunner:
     def rebuild(self, names: list[str] | None = None, on_progress: Callable[[int], None] = lambda n: None) -> int:
         """Empties the named projections and replays every stored event into them. Readers see
         `rebuilding` meanwhile and read members from the event store instead."""
-        chosen = self.start_rebuild(names)
-        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
-        return runner.catch_up(on_progress)
-
-    def start_rebuild(self, names: list[str] | None = None) -> list[Projection]:
-        """Empties the named projections (all if None) and sets them at position zero, flagged
-        as rebuilding; returns them. Replaying is left to the caller (one runner, or several
-        processes each with some of the projections)."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in chosen}
         if unknown or not chosen:
@@ -190,7 +182,8 @@ class ProjectionRunner:
                 projection.reset(tx)
                 tx.execute("UPDATE projection_positions SET position = 0, rebuilding = 1 WHERE name = %s",
                            (projection.name,))
-        return chosen
+        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
+        return runner.catch_up(on_progress)
 
     # ---- running --------------------------------------------------------------------------
 
