@@ -66,6 +66,18 @@ class UnitOfWork:
         aggregate = mutate_all(None, events)
         return aggregate if isinstance(aggregate, cls) else None
 
+    def cached(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        """This process's cached copy as it is, unchecked against the store and never to be
+        changed: only for what an aggregate fixes when it is created (a partner's program)."""
+        cache = self._app.repository.cache
+        if not cache:
+            return None
+        try:
+            aggregate = cache.get(aggregate_id)
+        except KeyError:
+            return None
+        return aggregate if isinstance(aggregate, cls) else None
+
     def refresh(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """Reads an aggregate again (this unit must not have changed it)."""
         self._aggregates.pop(aggregate_id, None)

@@ -33,7 +33,10 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     if database.kind == "postgresql":
         from infrastructure.binary_inserts import use_binary_inserts
 
+        from infrastructure.pipelined_commit import use_pipelined_commit
+
         use_binary_inserts(ledger.recorder)  # events sent in binary, not hex-encoded text
+        use_pipelined_commit(ledger.recorder)  # the table lock held only while the server works
         if ledger.snapshots is not None:
             use_binary_inserts(ledger.snapshots.recorder)
     if cache_events is not None and cache_size:

@@ -11,6 +11,7 @@ from typing import Any
 from application.commands import Outcome
 from application.ledger import Ledger
 from domain.member import Member, replay_member
+from domain.receipts import Receipt
 from infrastructure.bootstrap import build_ledger
 from infrastructure.config import Config
 from test_ledger_story import START, Clock, purchase, set_up
@@ -103,6 +104,29 @@ def test_a_warm_batch_reads_nothing_but_versions_and_receipts(database_url: str,
     assert [type(r) for r in results] == [Outcome] * 2 and [r.replayed for r in results] == [False, False]
     assert loads == []
     assert state(ledger.get_member("ann")) == replayed(ledger, "ann")
+    ledger.close()
+
+
+def test_a_batch_from_a_known_partner_checks_members_and_receipts_in_one_query(database_url: str,
+                                                                              monkeypatch: Any) -> None:
+    import application.unit_of_work as unit_of_work
+
+    clock = Clock(START + timedelta(days=1))
+    ledger = build_ledger(Config(database_url=database_url), clock=clock)
+    set_up(ledger, members=("ann", "bob"))
+    ledger.execute_batch([purchase("k-1", "5"), purchase("k-2", "5", member_id="bob")])
+    queries: list[list[Any]] = []
+    latest_versions = unit_of_work.latest_versions
+    monkeypatch.setattr(unit_of_work, "latest_versions", lambda recorder, ids: queries.append(list(ids))
+                        or latest_versions(recorder, ids))
+    # k-2 again (a repeat from the till) and a new one: the repeat's receipt is found in the
+    # same query as the members, and it is answered as a replay, counted once.
+    results = ledger.execute_batch([purchase("k-2", "5", member_id="bob"), purchase("k-3", "5")])
+    assert [type(r) for r in results] == [Outcome] * 2 and [r.replayed for r in results] == [True, False]
+    assert len(queries) == 1
+    assert Receipt.create_id("posting", ["club", "grocer", "k-2"]) in queries[0]
+    assert sorted(ledger.get_member("bob").purchases) == ["grocer:k-2"]
+    assert sorted(ledger.get_member("ann").purchases) == ["grocer:k-1", "grocer:k-3"]
     ledger.close()
 
 

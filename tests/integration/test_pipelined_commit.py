@@ -1,0 +1,53 @@
+"""On PostgreSQL a save's BEGIN, LOCK, NOTIFY, INSERT and COMMIT go in one pipeline
+(infrastructure/pipelined_commit.py): a save is still all or nothing, a clash still raises the
+library's IntegrityError and leaves nothing behind, and the connection goes back to the pool clean."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import psycopg
+import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from psycopg.pq import TransactionStatus
+
+from test_ledger_story import START, Clock, open_ledger
+
+
+def stored(originator: uuid.UUID, version: int) -> StoredEvent:
+    return StoredEvent(originator_id=originator, originator_version=version, topic="tests:Event", state=b"{}")
+
+
+@pytest.fixture()
+def ledger(postgres_database: str):
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    ledger = open_ledger(f"{postgres_database}?schema={schema}", Clock(START + timedelta(days=1)))
+    yield ledger
+    ledger.close()
+
+
+def test_the_pipelined_save_is_installed_and_returns_the_notification_ids(ledger) -> None:
+    assert ledger.recorder.insert_events.__qualname__.startswith("use_pipelined_commit")
+    originator = uuid.uuid4()
+    ids = ledger.recorder.insert_events([stored(originator, 1), stored(originator, 2)])
+    assert len(ids) == 2 and ids[1] == ids[0] + 1
+    assert [n.id for n in ledger.recorder.select_notifications(start=ids[0], limit=10)] == ids
+    assert ledger.recorder.insert_events([]) in (None, [])
+
+
+def test_a_clash_raises_integrity_error_stores_nothing_of_that_save_and_leaves_the_pool_clean(ledger) -> None:
+    originator, other = uuid.uuid4(), uuid.uuid4()
+    ledger.recorder.insert_events([stored(originator, 1)])
+    head = ledger.recorder.max_notification_id()
+    with pytest.raises(IntegrityError):
+        # The new aggregate's event comes first: it must not survive the clash after it.
+        ledger.recorder.insert_events([stored(other, 1), stored(originator, 1)])
+    assert ledger.recorder.select_events(other) == []
+    assert ledger.recorder.max_notification_id() == head
+    for _ in range(ledger.recorder.datastore.pool.max_size + 1):  # every pooled connection
+        with ledger.recorder.datastore.get_connection() as connection:
+            assert connection.info.transaction_status == TransactionStatus.IDLE
+    assert ledger.recorder.insert_events([stored(other, 1)])
