@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,13 @@ def run_import(database_url: str, path: Path, *options: str) -> subprocess.Compl
     env = {**os.environ, "LOYALTY_DATABASE_URL": database_url, "LOYALTY_LOG_FORMAT": "console"}
     return subprocess.run([sys.executable, "-m", "api.cli", "import", "purchases", str(path), "--partner", "grocer",
                            *options], env=env, capture_output=True, text=True, timeout=300)
+
+
+def count(summary: str, label: str) -> int:
+    """A figure of the importer's summary line ("imported 5,000 (...), already imported 1,000, ...")."""
+    match = re.search(rf"(?:^|[ ,]){label} ([0-9,]+)", summary.split("rows ", 1)[1])
+    assert match, summary
+    return int(match.group(1).replace(",", ""))
 
 
 def set_up_members(database_url: str) -> None:
@@ -106,8 +114,7 @@ def test_an_import_killed_midway_completes_exactly_once_when_run_again(database_
 
     again = run_import(database_url, path, "--workers", "2")
     assert again.returncode == 0, again.stderr
-    imported = int(again.stdout.split("imported ")[1].split(" ")[0].replace(",", ""))
-    already = int(again.stdout.split("already imported ")[1].split(",")[0].replace(",", ""))
+    imported, already = count(again.stdout, "imported"), count(again.stdout, "already imported")
     # Some rows were committed before the kill, some were not; none is counted twice.
     assert imported + already == 6000 and already >= 500 and imported > 0, again.stdout
     assert_each_member_has(database_url, {m: 6000 // len(MEMBERS) for m in MEMBERS})

@@ -265,9 +265,12 @@ def queue_settles(world: World, adjustment_id: str, status: str) -> dict[str, An
     and nowhere else; returns its row."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while True:
+        # Three requests, not one snapshot: the projection may move between them, so a pass
+        # counts only if it saw the row once, in `status`, and nowhere else.
         queues = {s: [a for a in adjustment_queue(world, s) if a["adjustment_id"] == adjustment_id]
                   for s in ("pending", "approved", "rejected")}
-        if len(queues[status]) == 1 or time.monotonic() > deadline:
+        settled = len(queues[status]) == 1 and all(not rows for s, rows in queues.items() if s != status)
+        if settled or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert len(queues[status]) == 1, queues
