@@ -36,9 +36,13 @@ def make_history(database: Any, member: str, target_events: int) -> dict[str, An
     ledger = open_ledger(database)
     started = time.perf_counter()
     n = 0
+    # Seconds per purchase of each 500-purchase batch, by the member's events before it: how a
+    # purchase's cost grows with the history the member already holds.
+    cost_by_history: list[tuple[int, float]] = []
     try:
         version = ledger.get_member(member).version
         while version < target_events:
+            batch_started, version_before = time.perf_counter(), version
             commands = []
             for _ in range(min(500, max((target_events - version) // 2, 1))):
                 commands.append(RecordPurchase(
@@ -49,13 +53,15 @@ def make_history(database: Any, member: str, target_events: int) -> dict[str, An
             for result in ledger.execute_batch(commands):
                 if not isinstance(result, Outcome):
                     raise RuntimeError(f"purchase refused: {result!r}")
+            cost_by_history.append((version_before, round((time.perf_counter() - batch_started) / len(commands) * 1e6)))
             version = ledger.get_member(member).version
         last = FIRST + timedelta(hours=n - 1)
         snapshots = len(list(ledger.snapshots.get(ledger.get_member(member).id))) if ledger.snapshots else 0
     finally:
         ledger.close()
     return {"member_events": version, "purchases": n, "snapshots": snapshots, "first_at": FIRST.isoformat(),
-            "last_at": last.isoformat(), "seconds_to_create": round(time.perf_counter() - started, 2)}
+            "last_at": last.isoformat(), "seconds_to_create": round(time.perf_counter() - started, 2),
+            "us_per_purchase_by_events_before": cost_by_history}
 
 
 def timed_gets(http: Http, path: str, requests: int) -> tuple[list[float], dict[int, int]]:
@@ -75,7 +81,8 @@ def run(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
         member = world.member_ids[0]
         history = make_history(database, member, settings["member_events"])
         log(f"P4: member {member} has {history['member_events']:,} events "
-            f"({history['snapshots']} snapshots), made in {history['seconds_to_create']} s")
+            f"({history['snapshots']} snapshots), made in {history['seconds_to_create']} s; "
+            f"µs a purchase by events before: {history['us_per_purchase_by_events_before']}")
         first = datetime.fromisoformat(history["first_at"])
         last = datetime.fromisoformat(history["last_at"])
         span = last - first

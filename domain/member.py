@@ -8,7 +8,6 @@ the library's timestamp is the recorded time.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from copy import copy
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -116,7 +115,7 @@ class Member(Aggregate):
                 earned_at=self.occurred_at, available_at=self.available_at,
                 expires_at=self.expires_at, remaining=self.points,
             )
-            member.purchases[self.purchase]["lot_id"] = self.lot_id
+            member.purchases[self.purchase] = {**member.purchases[self.purchase], "lot_id": self.lot_id}
             member.lot_sequence += 1
             member.lifetime["earned"] += self.points
 
@@ -128,8 +127,9 @@ class Member(Aggregate):
 
         def apply(self, member: Member) -> None:
             key = purchase_key(self.partner_id, self.original_transaction_id)
-            member.purchases[key]["returned"] += self.amount
-            member.purchases[key]["returns"].append([self.occurred_at, self.amount])
+            purchase = member.purchases[key]
+            member.purchases[key] = {**purchase, "returned": purchase["returned"] + self.amount,
+                                     "returns": [*purchase["returns"], [self.occurred_at, self.amount]]}
             member.returns[purchase_key(self.partner_id, self.transaction_id)] = key
 
     class AccrualReversed(Event):
@@ -145,11 +145,10 @@ class Member(Aggregate):
         clawback: int
 
         def apply(self, member: Member) -> None:
-            lot = member.lots[self.lot_id]
             taken = self.from_remaining + self.clawback
-            lot.remaining -= taken
-            lot.reversed += taken
-            member.purchases[self.purchase]["reversed_points"] += self.points
+            member.lots[self.lot_id] = member.lots[self.lot_id].changed(remaining=-taken, reversed=taken)
+            purchase = member.purchases[self.purchase]
+            member.purchases[self.purchase] = {**purchase, "reversed_points": purchase["reversed_points"] + self.points}
             member.lifetime["reversed"] += taken
             member.expired_reversed[self.lot_id] = member.expired_reversed.get(self.lot_id, 0) + self.from_expired
 
@@ -162,7 +161,7 @@ class Member(Aggregate):
 
         def apply(self, member: Member) -> None:
             for lot_id, points in self.consumed:
-                member.lots[lot_id].remaining -= points
+                member.lots[lot_id] = member.lots[lot_id].changed(remaining=-points)
             member.redemptions[self.redemption_id] = {
                 "points": self.points,
                 "consumed": self.consumed,
@@ -180,10 +179,10 @@ class Member(Aggregate):
 
         def apply(self, member: Member) -> None:
             for lot_id, points in self.restored:
-                member.lots[lot_id].remaining += points
+                member.lots[lot_id] = member.lots[lot_id].changed(remaining=points)
             for lot_id, points in self.restored_expired:
-                member.lots[lot_id].expired += points
-            member.redemptions[self.redemption_id]["cancelled"] = True
+                member.lots[lot_id] = member.lots[lot_id].changed(expired=points)
+            member.redemptions[self.redemption_id] = {**member.redemptions[self.redemption_id], "cancelled": True}
             member.lifetime["redeemed"] -= member.redemptions[self.redemption_id]["points"]
             member.lifetime["expired"] += sum(points for _, points in self.restored_expired)
 
@@ -192,9 +191,7 @@ class Member(Aggregate):
 
         def apply(self, member: Member) -> None:
             for lot_id, points in self.expired:
-                lot = member.lots[lot_id]
-                lot.remaining -= points
-                lot.expired += points
+                member.lots[lot_id] = member.lots[lot_id].changed(remaining=-points, expired=points)
             member.lifetime["expired"] += sum(points for _, points in self.expired)
 
     class PointsAdjusted(Event):
@@ -214,7 +211,7 @@ class Member(Aggregate):
                 member.lots[self.lot["lot_id"]] = Lot(**self.lot)
                 member.lot_sequence += 1
             for lot_id, points in self.consumed:
-                member.lots[lot_id].remaining -= points
+                member.lots[lot_id] = member.lots[lot_id].changed(remaining=-points)
             member.adjustments[self.adjustment_id] = {
                 "points": self.points, "reason": self.reason, "version": self.originator_version}
             member.lifetime["adjusted"] += self.points
@@ -289,14 +286,15 @@ class Member(Aggregate):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Member:
         """The repository copies cached aggregates before each command. A generic deepcopy
-        walks every Decimal and datetime; only the containers events mutate need copying."""
+        walks every Decimal and datetime; only the containers events change need copying. Events
+        replace a lot, a purchase or a redemption with a changed one and never change it in
+        place, so the copy shares them with the original: copying a member no longer costs a
+        copy of every lot and purchase it ever had."""
         clone = object.__new__(type(self))
         state = dict(self.__dict__)
         state["_pending_events"] = []
-        state["lots"] = {k: copy(lot) for k, lot in self.lots.items()}  # Lot fields are immutable values
-        state["purchases"] = {k: {**v, "returns": list(v["returns"])} for k, v in self.purchases.items()}
-        state["redemptions"] = {k: dict(v) for k, v in self.redemptions.items()}
-        for name in ("returns", "adjustments", "expired_reversed", "lifetime", "reversals"):
+        for name in ("lots", "purchases", "redemptions", "returns", "adjustments", "expired_reversed", "lifetime",
+                     "reversals"):
             state[name] = dict(state[name])
         clone.__dict__.update(state)
         return clone
