@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from application.commands import Outcome
-from application.ledger import Ledger
+from application.ledger import Ledger, snapshot_interval
 from domain.member import Member, replay_member
 from domain.receipts import Receipt
 from infrastructure.bootstrap import build_ledger
@@ -149,6 +149,38 @@ def test_snapshots_taken_from_the_saved_state_equal_replays_at_their_versions(da
         expected = replay_member([e for e in events if e.originator_version <= snapshot.originator_version])
         assert expected is not None and state(from_snapshot) == state(expected), snapshot.originator_version
     ledger.close()
+
+
+def test_snapshots_grow_further_apart_as_a_member_grows_and_a_cold_load_equals_the_replay(database_url: str) -> None:
+    clock = Clock(START + timedelta(days=1))
+    ledger = build_ledger(Config(database_url=database_url), clock=clock)
+    ledger.snapshotting_intervals = {Member: 5}  # so that a short history shows the widening: 5, 10, 20
+    set_up(ledger)
+    for offset in range(0, 360, 3):  # saves of 3 purchases (6 events): each crossing is a save's last
+        ledger.execute_batch([purchase(f"g-{i}", "2", at=START + timedelta(minutes=i))
+                              for i in range(offset, offset + 3)])
+    member_id = Member.create_id("ann")
+    events = list(ledger.events.get(member_id))
+    assert len(events) == 721
+    taken = [s.originator_version for s in ledger.snapshots.get(member_id)]
+    # Each save's crossings of a multiple of the interval in force: the last at the save's end,
+    # any earlier ones at the multiple itself.
+    expected = []
+    for end in range(7, 722, 6):  # versions at which the saves ended
+        crossed = [v for v in range(end - 5, end + 1) if v % snapshot_interval(5, v) == 0]
+        expected += crossed[:-1] + [end] if crossed else []
+    assert taken == expected
+    # The first 200 versions have more than three times as many snapshots as the last 200.
+    assert (sum(v <= 200 for v in taken), sum(v > 521 for v in taken)) == (39, 11)
+    ledger.close()
+    cold = build_ledger(Config(database_url=database_url), clock=clock)
+    assert state(cold.get_member("ann")) == replayed(cold, "ann")
+    cold.close()
+
+
+def test_the_snapshot_interval_widens_with_the_version() -> None:
+    assert [snapshot_interval(100, v) for v in (1, 100, 3_999, 4_000, 7_999, 8_000, 100_000)] == [
+        100, 100, 100, 200, 200, 400, 3_200]
 
 
 def test_a_single_writer_forgets_changes_of_a_batch_that_lost_a_race(database_url: str) -> None:
