@@ -30,6 +30,7 @@ from domain.identity import member_id_to_uuid
 from domain.lots import AVAILABLE, DUE, PENDING, Lot, spend_oldest_first
 from domain.money import allocate_to_points, points_to_reverse
 from domain.rules import Rules
+from domain.spend_index import SpendIndex
 
 ADJUSTMENT_REASONS = ("goodwill", "missing_purchase", "duplicate_posting", "fraud", "correction")
 MAX_POINTS = 10**12
@@ -37,6 +38,9 @@ MAX_POINTS = 10**12
 
 def purchase_key(partner_id: str, transaction_id: str) -> str:
     return f"{partner_id}:{transaction_id}"
+
+
+SPEND_INDEX = "_spend_index"  # derived, not part of the member's recorded state
 
 
 class Member(Aggregate):
@@ -101,6 +105,9 @@ class Member(Aggregate):
                 "returns": [],  # [[occurred_at, amount], ...]: a review as of a date counts only returns by then
                 "reversed_points": 0,
             }
+            index = member.__dict__.get(SPEND_INDEX)
+            if index is not None and not index.append(self.occurred_at, self.amount):
+                del member.__dict__[SPEND_INDEX]  # a purchase dated before others: rebuilt when next needed
 
     class PointsAccrued(Event):
         purchase: str
@@ -284,6 +291,13 @@ class Member(Aggregate):
         self.reversals: dict[str, str] = {}  # version reversed -> reversal id
         self.lifetime = {"earned": 0, "redeemed": 0, "expired": 0, "reversed": 0, "adjusted": 0}
 
+    class Snapshot(Aggregate.Snapshot):
+        @classmethod
+        def take(cls, aggregate: Any) -> Any:
+            snapshot = super().take(aggregate)
+            snapshot.state.pop(SPEND_INDEX, None)  # derived from the purchases
+            return snapshot
+
     def __deepcopy__(self, memo: dict[int, Any]) -> Member:
         """The repository copies cached aggregates before each command. A generic deepcopy
         walks every Decimal and datetime; only the containers events change need copying. Events
@@ -296,6 +310,8 @@ class Member(Aggregate):
         for name in ("lots", "purchases", "redemptions", "returns", "adjustments", "expired_reversed", "lifetime",
                      "reversals"):
             state[name] = dict(state[name])
+        if SPEND_INDEX in state:
+            state[SPEND_INDEX] = state[SPEND_INDEX].copy()
         clone.__dict__.update(state)
         return clone
 
@@ -532,12 +548,18 @@ class Member(Aggregate):
         return sum(lot.remaining for lot in self.lots.values())
 
     def qualifying_spend(self, as_of: datetime, rules: Rules) -> Decimal:
+        """What the purchases made in the tier window ending at `as_of` came to, less what was
+        returned of them by then."""
         start = rules.window_start(as_of)
-        spend = Decimal(0)
-        for purchase in self.purchases.values():
+        index = self.__dict__.get(SPEND_INDEX)
+        if index is None:
+            index = SpendIndex([(p["occurred_at"], p["amount"]) for p in self.purchases.values()])
+            self.__dict__[SPEND_INDEX] = index
+        spend = index.spent(start, as_of)
+        for key in set(self.returns.values()):  # the purchases with returns: few
+            purchase = self.purchases[key]
             if start < purchase["occurred_at"] <= as_of:
-                spend += purchase["amount"] - sum(
-                    (amount for when, amount in purchase["returns"] if when <= as_of), Decimal(0))
+                spend -= sum((amount for when, amount in purchase["returns"] if when <= as_of), Decimal(0))
         return spend
 
     def next_expiry(self, moment: datetime) -> dict[str, Any] | None:

@@ -113,7 +113,7 @@ def attempt(ledger: Any, command: Command) -> tuple[Outcome | None, Exception | 
         return None, error
 
 
-BOOKKEEPING = ("_created_on", "_modified_on", "_pending_events")
+BOOKKEEPING = ("_created_on", "_modified_on", "_pending_events", "_spend_index")  # and a derived index
 
 
 def member_state(member: Member) -> dict[str, Any]:
