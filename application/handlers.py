@@ -450,11 +450,15 @@ def prefetch(uow: UnitOfWork, commands: list[Command]) -> None:
         first += _quietly(_first_ids, cmd)
     if not first:
         return
+    later = []
     for cmd in commands:
-        first += _quietly(_second_ids, cmd, uow.cached)
+        early = _quietly(_second_ids, cmd, uow.cached)
+        first += early
+        if not early:
+            later.append(cmd)
     uow.prefetch(first)
     second: list[Any] = []
-    for cmd in commands:
+    for cmd in later:
         second += _quietly(_second_ids, cmd, uow.find)
     uow.prefetch(second)
 

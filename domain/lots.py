@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,8 +34,8 @@ class Lot:
     def changed(self, *, remaining: int = 0, expired: int = 0, reversed: int = 0) -> Lot:
         """A new lot with these amounts added. Lots are never changed in place, so the copy of a
         member made for every command can share them with the cached original."""
-        return Lot(self.lot_id, self.source, self.points, self.earned_at, self.available_at, self.expires_at,
-                   self.remaining + remaining, self.expired + expired, self.reversed + reversed)
+        return replace(self, remaining=self.remaining + remaining, expired=self.expired + expired,
+                       reversed=self.reversed + reversed)
 
     def is_spendable_at(self, moment: datetime) -> bool:
         return self.remaining > 0 and self.state_at(moment) == AVAILABLE

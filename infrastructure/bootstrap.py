@@ -32,7 +32,6 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     ledger = Ledger(env=env, clock=clock, single_writer=single_writer)
     if database.kind == "postgresql":
         from infrastructure.binary_inserts import use_binary_inserts
-
         from infrastructure.pipelined_commit import use_pipelined_commit
 
         use_binary_inserts(ledger.recorder)  # events sent in binary, not hex-encoded text

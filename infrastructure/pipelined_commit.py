@@ -42,6 +42,8 @@ def use_pipelined_commit(recorder: Any) -> None:
             with conn.pipeline() as pipeline:
                 try:
                     conn.execute("BEGIN")
+                    with conn.cursor() as curs:  # the library's hook for a subclass's own rows (tracking)
+                        recorder._insert_events(curs, stored_events, **kwargs)  # noqa: SLF001
                     with conn.cursor() as curs:
                         recorder._insert_stored_events(curs, stored_events, **kwargs)  # noqa: SLF001
                         conn.execute("COMMIT")

@@ -51,3 +51,19 @@ def test_a_clash_raises_integrity_error_stores_nothing_of_that_save_and_leaves_t
         with ledger.recorder.datastore.get_connection() as connection:
             assert connection.info.transaction_status == TransactionStatus.IDLE
     assert ledger.recorder.insert_events([stored(other, 1)])
+
+
+def test_the_librarys_hook_for_a_recorders_own_rows_commits_with_the_events_or_not_at_all(ledger) -> None:
+    """A subclass (the library's process recorder, say) writes rows of its own in `_insert_events`:
+    they go in the same transaction as the events."""
+    schema = ledger.recorder.datastore.schema
+    with ledger.recorder.datastore.get_connection() as connection:
+        connection.execute(f'CREATE TABLE "{schema}".side (events INTEGER NOT NULL)')
+    ledger.recorder._insert_events = lambda curs, events, **_: curs.execute(  # noqa: SLF001
+        f'INSERT INTO "{schema}".side (events) VALUES (%s)', (len(events),))
+    originator = uuid.uuid4()
+    ledger.recorder.insert_events([stored(originator, 1), stored(originator, 2)])
+    with pytest.raises(IntegrityError):
+        ledger.recorder.insert_events([stored(uuid.uuid4(), 1), stored(originator, 2)])
+    with ledger.recorder.datastore.get_connection() as connection:
+        assert [row["events"] for row in connection.execute(f'SELECT events FROM "{schema}".side')] == [2]
