@@ -4,6 +4,7 @@ live projection lag under a steady posting load (server + `loyalty projections r
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -44,29 +45,46 @@ def raw_read(ledger: Any, page: int) -> dict[str, Any]:
 
 
 def rebuild(database: Database, runs: int) -> dict[str, Any]:
-    """ProjectionRunner.rebuild() of all projections (the code `loyalty projections rebuild`
-    runs), alternating with the raw read, `runs` times each, in this process, with the
-    collector set as the command line sets it (infrastructure/gc_tuning.py)."""
+    """The rebuild of all projections that `loyalty projections rebuild` runs (from run 9: in
+    worker processes, by default one per CPU, infrastructure/rebuild_workers.py), alternating
+    with the raw read and with the one-process rebuild (ProjectionRunner.rebuild(), what
+    `--workers 1` and SQLite run), `runs` times each, in this process, with the collector set
+    as the command line sets it (infrastructure/gc_tuning.py)."""
+    from infrastructure.config import Config
     from infrastructure.gc_tuning import tune_gc
+    from infrastructure.rebuild_workers import default_workers, rebuild_in_processes
 
     tune_gc()
+    config = Config(database_url=database.url)
+    workers = default_workers(config)
     ledger = open_ledger(database)
     model = open_read_model(database, ledger)
     runner = model.runner
     try:
         runner.catch_up()  # the same starting point for every rebuild
-        results: dict[str, list[dict[str, Any]]] = {"raw": [], "rebuild": [], "per_projection": []}
+        results: dict[str, Any] = {"workers": workers, "raw": [], "rebuild": [], "rebuild_one_process": [],
+                                   "per_projection": []}
         for index in range(runs):
             results["raw"].append(raw_read(ledger, runner.batch_size))
-            groups: dict[str, list[int]] = {}
-            cpu_before = cpu_ticks(groups)
-            started = time.perf_counter()
-            applied = runner.rebuild()
-            elapsed = time.perf_counter() - started
-            results["rebuild"].append({"events": applied, "elapsed_s": round(elapsed, 3),
-                                       "events_per_s": round(applied / elapsed, 1),
-                                       "cpu_cores_used": cpu_cores_used(cpu_before, cpu_ticks(groups), elapsed)})
-            log(f"P3 rebuild run {index}: {applied:,} events in {elapsed:.2f} s = {applied / elapsed:,.0f}/s; "
+            for key, how in (("rebuild", lambda: rebuild_in_processes(config, runner, None, workers=workers)),
+                             ("rebuild_one_process", runner.rebuild)):
+                groups: dict[str, list[int]] = {}
+                cpu_before, children_before = cpu_ticks(groups), os.times()
+                started = time.perf_counter()
+                applied = how()
+                elapsed = time.perf_counter() - started
+                cpu = cpu_cores_used(cpu_before, cpu_ticks(groups), elapsed)
+                # The workers are this process's children, waited for: os.times() has their CPU.
+                children_after = os.times()
+                cpu["rebuild_workers"] = round((children_after.children_user + children_after.children_system
+                                                - children_before.children_user - children_before.children_system)
+                                               / elapsed, 2)
+                cpu["other"] = round(cpu["other"] - cpu["rebuild_workers"], 2)
+                results[key].append({"events": applied, "elapsed_s": round(elapsed, 3),
+                                     "events_per_s": round(applied / elapsed, 1), "cpu_cores_used": cpu})
+            log(f"P3 rebuild run {index}: {applied:,} events; {workers} workers "
+                f"{results['rebuild'][-1]['events_per_s']:,.0f}/s, one process "
+                f"{results['rebuild_one_process'][-1]['events_per_s']:,.0f}/s; "
                 f"raw read {results['raw'][-1]['events_per_s']:,.0f}/s")
         # Once, for evidence of where the time goes: each projection rebuilt alone.
         per: dict[str, Any] = {}

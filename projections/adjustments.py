@@ -14,6 +14,7 @@ COLUMNS = ("adjustment_id", "member_id", "program_id", "points", "reason", "note
 
 class AdjustmentsProjection(Projection):
     name = "adjustments"
+    cost = 2
     tables = ("adjustment_requests",)
 
     def ddl(self, store: Any) -> list[str]:

@@ -50,6 +50,7 @@ def points_delta(event: Any) -> int:
 
 class AuditProjection(Projection):
     name = "audit"
+    cost = 12
     tables = ("audit_trail", "audit_members")
 
     def ddl(self, store: ProjectionStore) -> list[str]:

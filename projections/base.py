@@ -40,6 +40,9 @@ class Projection:
     name: str = ""
     version: int = 1  # raise when the tables or their meaning change: the runner rebuilds it
     tables: tuple[str, ...] = ()
+    # Relative time to apply the same events (rebuilt alone, bench run 8): how a rebuild in
+    # several processes shares the projections out.
+    cost: int = 5
 
     def ddl(self, store: ProjectionStore) -> list[str]:
         raise NotImplementedError

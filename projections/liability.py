@@ -20,6 +20,7 @@ class LiabilityProjection(Projection):
     one partner and redeemed at another) and IFRS 15 allocations of purchase prices to points."""
 
     name = "liability"
+    cost = 7
     version = 2
     tables = ("liability_movements", "liability_lot_issuers", "redemption_flows", "liability_redemptions",
               "revenue_allocations", "liability_purchases")

@@ -31,6 +31,7 @@ def issuer_of_source(source: str) -> str:
 
 class MemberProjection(Projection):
     name = "members"
+    cost = 10
     version = 2  # 2: lot_totals
     tables = ("member_lots", "member_summaries", "card_index", "lot_totals")
 

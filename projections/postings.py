@@ -11,6 +11,7 @@ from projections.store import Transaction, select_in
 
 class PostingsProjection(Projection):
     name = "postings"
+    cost = 6
     tables = ("partner_postings", "postings_members")
 
     def ddl(self, store: Any) -> list[str]:

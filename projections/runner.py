@@ -167,6 +167,13 @@ class ProjectionRunner:
     def rebuild(self, names: list[str] | None = None, on_progress: Callable[[int], None] = lambda n: None) -> int:
         """Empties the named projections and replays every stored event into them. Readers see
         `rebuilding` meanwhile and read members from the event store instead."""
+        chosen = self.reset(names)
+        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
+        return runner.catch_up(on_progress)
+
+    def reset(self, names: list[str] | None = None) -> list[Projection]:
+        """Empties the named projections (all by default) and sets them to position zero,
+        flagged as rebuilding; returns them. Any runner then replays the log into them."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         unknown = set(names or ()) - {p.name for p in chosen}
         if unknown or not chosen:
@@ -182,8 +189,7 @@ class ProjectionRunner:
                 projection.reset(tx)
                 tx.execute("UPDATE projection_positions SET position = 0, rebuilding = 1 WHERE name = %s",
                            (projection.name,))
-        runner = ProjectionRunner(self.ledger, self.store, chosen, self.batch_size)
-        return runner.catch_up(on_progress)
+        return chosen
 
     # ---- running --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from projections.store import Transaction, micros, select_in, select_pairs
 
 class TimelineProjection(Projection):
     name = "timeline"
+    cost = 7
     # 2: times as integer microseconds (cheaper to compare and aggregate than text); 3: flagged lots
     version = 3
     tables = ("member_timeline", "member_lot_movements", "member_timeline_lots", "member_tier_changes",
