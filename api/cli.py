@@ -88,8 +88,10 @@ def demo(members: int, seed: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Processes.")
-@click.option("--threads", default=32, show_default=True, type=click.IntRange(1, 256),
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Processes. Default: two per CPU (at most 8) on PostgreSQL, where 4 on 2 cores carried 6-9% more "
+                   "single purchases than 2 (BENCHMARKS.md, run 9); 2 on SQLite, which has one writer at a time.")
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 256),
               help="Threads per process: they mostly wait for the group commit, and more of them make larger batches.")
 @click.option("--projections/--no-projections", "run_projections", default=None,
               help="Run the projection runner inside the server. Default: on for SQLite; on PostgreSQL run "
@@ -98,7 +100,7 @@ def demo(members: int, seed: int) -> None:
               help="Each worker listens on its own socket (SO_REUSEPORT), so the kernel spreads connections "
                    "evenly over the workers. Off by default: with it, a second server started on the same "
                    "port shares it silently instead of failing.")
-def serve(host: str, port: int, workers: int, threads: int, run_projections: bool | None, reuse_port: bool) -> None:
+def serve(host: str, port: int, workers: int | None, threads: int, run_projections: bool | None, reuse_port: bool) -> None:
     """Serve the HTTP API with gunicorn (creates the schema first)."""
     from api.serve import serve as run_server
 
@@ -110,6 +112,8 @@ def serve(host: str, port: int, workers: int, threads: int, run_projections: boo
         click.echo("Admin key: the value of LOYALTY_ADMIN_KEY", err=True)
     if run_projections is None:
         run_projections = config.database.kind == "sqlite"
+    if workers is None:
+        workers = min(2 * (os.cpu_count() or 1), 8) if config.database.kind == "postgresql" else 2
     click.echo(f"Serving on http://{host}:{port} ({workers} workers x {threads} threads), "
                f"data in the {config.database.describe()}; projections "
                f"{'run in the server' if run_projections else 'not run here (loyalty projections run)'}; "

@@ -308,8 +308,10 @@ class Server:
     """`loyalty serve` (gunicorn, gthread workers) on a free loopback port; with `--reuse-port`,
     so that the kernel spreads the load generator's connections evenly over the workers."""
 
-    def __init__(self, database: Database, workdir: Path, workers: int = 2, threads: int = 32,
+    def __init__(self, database: Database, workdir: Path, workers: int | None = None, threads: int | None = None,
                  reuse_port: bool = True) -> None:
+        """workers, threads: None for `loyalty serve`'s defaults (from run 9: two workers per CPU
+        on PostgreSQL, 16 threads each; 2 x 32 until then)."""
         self.database = database
         self.reuse_port = reuse_port
         self.workdir = workdir
@@ -326,7 +328,8 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         command = [*loyalty_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", str(self.workers), "--threads", str(self.threads),
+                   *(["--workers", str(self.workers)] if self.workers else []),
+                   *(["--threads", str(self.threads)] if self.threads else []),
                    *(["--reuse-port"] if self.reuse_port else [])]
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=child_env(self.database.url, self.admin_key),
@@ -337,13 +340,17 @@ class Server:
                 raise RuntimeError(f"loyalty serve exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.base_url + "/healthz", timeout=2) as reply:
-                    if reply.status == 200 and len(self.worker_pids()) >= self.workers:
+                    if reply.status == 200 and len(self.worker_pids()) >= (self.workers or self.default_workers()):
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"loyalty serve did not become healthy in {timeout:.0f}s:\n{self.log_tail()}")
+
+    @staticmethod
+    def default_workers() -> int:
+        return min(2 * (os.cpu_count() or 1), 8)  # `loyalty serve` on PostgreSQL (api/cli.py)
 
     def worker_pids(self) -> list[int]:
         return children(self.process.pid) if self.process is not None else []

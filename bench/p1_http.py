@@ -136,6 +136,7 @@ def run_once(index: int, settings: dict[str, Any], workdir: Path) -> dict[str, A
             load = post_purchases(server, world.partner_key, members_by_client, settings["per_client"],
                                   settings["duration_s"], run_tag=f"r{index}")
             load["server_memory"] = server.memory()
+            load["server_workers"] = len(server.worker_pids())
             load["server_problems"] = server.problems()
         finally:
             server.stop()

@@ -24,7 +24,7 @@ from bench.common import drop_database, log, machine_info, median, pg_info  # no
 
 FULL: dict[str, Any] = {
     "P1": {"runs": 3, "clients": 32, "members_per_client": 10, "per_client": 1000, "duration_s": 20,
-           "workers": 2, "threads": 32, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
+           "workers": None, "threads": None, "pgbench_seconds": 15, "sweep_clients": [1, 4, 16], "sweep_seconds": 10},
     "P2": {"runs": 3, "rows": 20_000, "smaller_rows": [5_000, 10_000], "members": 2_000, "big_rows": 1_000_000,
            "big_members": 100_000},
     "P3": {"rebuild_runs": 3, "lag": {"runs": 3, "rate_per_s": 100, "duration_s": 20, "members": 200},
@@ -39,7 +39,7 @@ P5_AT_SIZE: dict[str, Any] = {"runs": 3, "requests": 20, "grow_seconds": 0, "gro
                               "members": 100_000, "run_length": 5, "batch_size": 5000}
 QUICK: dict[str, Any] = {
     "P1": {"runs": 1, "clients": 8, "members_per_client": 2, "per_client": 20, "duration_s": 10,
-           "workers": 2, "threads": 32, "pgbench_seconds": 3, "sweep_clients": [1, 4], "sweep_seconds": 2},
+           "workers": None, "threads": None, "pgbench_seconds": 3, "sweep_clients": [1, 4], "sweep_seconds": 2},
     "P2": {"runs": 1, "rows": 1_000, "smaller_rows": [250, 500], "members": 100, "big_rows": 3_000, "big_members": 500},
     "P3": {"rebuild_runs": 1, "lag": {"runs": 1, "rate_per_s": 10, "duration_s": 3, "members": 20},
            "lag_batch": {"runs": 1, "rate_per_s": 100, "per_request": 10, "clients": 2, "duration_s": 3,

@@ -28,7 +28,7 @@ blp = Blueprint("administration", __name__, url_prefix="/v1", description="Progr
 @blp.route("/programs")
 class Programs(MethodView):
     @requires("admin")
-    @blp.arguments(ProgramCreateSchema)
+    @blp.arguments(ProgramCreateSchema())
     @blp.response(201, ProgramSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Create a program with its first rules revision."""
@@ -49,7 +49,7 @@ class ProgramById(MethodView):
 @blp.route("/programs/<string:program_id>/revisions")
 class ProgramRevisions(MethodView):
     @requires("admin")
-    @blp.arguments(RevisionCreateSchema)
+    @blp.arguments(RevisionCreateSchema())
     @blp.response(201, ProgramSchema)
     def post(self, body: dict[str, Any], program_id: str) -> Any:
         """Revise some rules from `effective_at` on; postings are valued with the rules in force."""
@@ -61,7 +61,7 @@ class ProgramRevisions(MethodView):
 @blp.route("/partners")
 class Partners(MethodView):
     @requires("admin")
-    @blp.arguments(PartnerCreateSchema)
+    @blp.arguments(PartnerCreateSchema())
     @blp.response(201, PartnerSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Register a partner and its stores in a program."""
@@ -71,7 +71,7 @@ class Partners(MethodView):
 @blp.route("/api-keys")
 class ApiKeys(MethodView):
     @requires("admin")
-    @blp.arguments(ApiKeyCreateSchema)
+    @blp.arguments(ApiKeyCreateSchema())
     @blp.response(201, ApiKeySchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Issue a key; the key itself is shown only in this response."""

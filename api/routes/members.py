@@ -37,7 +37,7 @@ def check_partner_may_see(program_id: str) -> None:
 @blp.route("/members")
 class Members(MethodView):
     @requires("admin", "support", "partner")
-    @blp.arguments(MemberCreateSchema)
+    @blp.arguments(MemberCreateSchema())
     @blp.response(201, MemberSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Enrol a member; the card number is unique in the program."""
@@ -61,7 +61,7 @@ class MemberById(MethodView):
 @blp.route("/members/by-card/<string:card_number>")
 class MemberByCard(MethodView):
     @requires(*READERS)
-    @blp.arguments(CardQuerySchema, location="query")
+    @blp.arguments(CardQuerySchema(), location="query")
     @blp.response(200, MemberSchema)
     def get(self, query: dict[str, Any], card_number: str) -> Any:
         """Find a member by card number (in `program_id`, or in any program)."""
@@ -83,7 +83,7 @@ class MemberByCard(MethodView):
 @blp.route("/members/<string:member_id>/balance")
 class MemberBalance(MethodView):
     @requires(*AUDIT_READERS)
-    @blp.arguments(AsOfQuerySchema, location="query")
+    @blp.arguments(AsOfQuerySchema(), location="query")
     @blp.response(200, AsOfBalanceSchema)
     def get(self, query: dict[str, Any], member_id: str) -> Any:
         """The balance and tier as of an effective time, as known at a recorded time: the lot
@@ -94,7 +94,7 @@ class MemberBalance(MethodView):
 @blp.route("/members/<string:member_id>/history")
 class MemberHistory(MethodView):
     @requires(*AUDIT_READERS)
-    @blp.arguments(HistoryQuerySchema, location="query")
+    @blp.arguments(HistoryQuerySchema(), location="query")
     @blp.response(200, HistorySchema)
     def get(self, query: dict[str, Any], member_id: str) -> Any:
         """Every event of the member, oldest first, with who caused it."""

@@ -36,7 +36,7 @@ def purchase_command(body: dict[str, Any]) -> RecordPurchase:
 @blp.route("/purchases")
 class Purchases(MethodView):
     @requires("partner", "admin")
-    @blp.arguments(PurchaseCreateSchema)
+    @blp.arguments(PurchaseCreateSchema())
     @blp.response(201, PurchaseSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Post a purchase: earns floor(amount x earn_rate x tier multiplier) points, exactly once."""
@@ -46,7 +46,7 @@ class Purchases(MethodView):
 @blp.route("/purchases/batch")
 class PurchaseBatch(MethodView):
     @requires("partner", "admin")
-    @blp.arguments(BatchCreateSchema)
+    @blp.arguments(BatchCreateSchema())
     @blp.response(200, BatchSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Up to 1000 purchases committed together, each judged as if posted alone. A replayed
@@ -92,7 +92,7 @@ def item(transaction_id: str | None, slug: str, detail: str | None = None,
 @blp.route("/returns")
 class Returns(MethodView):
     @requires("partner", "admin")
-    @blp.arguments(ReturnCreateSchema)
+    @blp.arguments(ReturnCreateSchema())
     @blp.response(201, ReturnSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Return all or part of a purchase: points reversed in proportion, exactly once."""

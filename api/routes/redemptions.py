@@ -42,7 +42,7 @@ def check_member_in_partner_program(member_id: str) -> None:
 @blp.route("/members/<string:member_id>/redemptions")
 class Redemptions(MethodView):
     @requires("partner", "support", "admin")
-    @blp.arguments(RedemptionCreateSchema)
+    @blp.arguments(RedemptionCreateSchema())
     @blp.response(201, RedemptionSchema)
     def post(self, body: dict[str, Any], member_id: str) -> Any:
         """Spend available points, oldest first; never overdraws (422 insufficient-points)."""
@@ -58,7 +58,7 @@ class Redemptions(MethodView):
 @blp.route("/members/<string:member_id>/redemptions/<string:redemption_id>/cancellation")
 class RedemptionCancellation(MethodView):
     @requires("partner", "support", "admin")
-    @blp.arguments(CancellationCreateSchema)
+    @blp.arguments(CancellationCreateSchema())
     @blp.response(201, CancellationSchema)
     def post(self, body: dict[str, Any], member_id: str, redemption_id: str) -> Any:
         """Restore a redemption's points to the lots they came from, once. A partner key
@@ -76,7 +76,7 @@ class RedemptionCancellation(MethodView):
 @blp.route("/members/<string:member_id>/adjustments")
 class Adjustments(MethodView):
     @requires("support", "supervisor")
-    @blp.arguments(AdjustmentCreateSchema)
+    @blp.arguments(AdjustmentCreateSchema())
     @blp.response(201, AdjustmentSchema)
     @blp.alt_response(202, schema=AdjustmentSchema, description="Above the approval threshold: awaits a supervisor.")
     def post(self, body: dict[str, Any], member_id: str) -> Any:
@@ -88,7 +88,7 @@ class Adjustments(MethodView):
 @blp.route("/adjustments")
 class AdjustmentQueue(MethodView):
     @requires("supervisor", "support", "admin", "auditor")
-    @blp.arguments(AdjustmentQuerySchema, location="query")
+    @blp.arguments(AdjustmentQuerySchema(), location="query")
     @blp.response(200, AdjustmentListSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """Adjustment requests, oldest first: `status=pending` is the supervisor's queue."""
@@ -101,7 +101,7 @@ class AdjustmentQueue(MethodView):
 @blp.route("/adjustments/<string:adjustment_id>/approval")
 class AdjustmentApproval(MethodView):
     @requires("supervisor")
-    @blp.arguments(DecisionCreateSchema)
+    @blp.arguments(DecisionCreateSchema())
     @blp.response(200, DecisionSchema)
     def post(self, body: dict[str, Any], adjustment_id: str) -> Any:
         """Approve: the adjustment is applied with the approval, in one transaction. Never by the requester."""
@@ -112,7 +112,7 @@ class AdjustmentApproval(MethodView):
 @blp.route("/adjustments/<string:adjustment_id>/rejection")
 class AdjustmentRejection(MethodView):
     @requires("supervisor")
-    @blp.arguments(DecisionCreateSchema)
+    @blp.arguments(DecisionCreateSchema())
     @blp.response(200, DecisionSchema)
     def post(self, body: dict[str, Any], adjustment_id: str) -> Any:
         """Reject: the balance never changes. Never by the requester."""
@@ -123,7 +123,7 @@ class AdjustmentRejection(MethodView):
 @blp.route("/members/<string:member_id>/reversals")
 class Reversals(MethodView):
     @requires("support", "supervisor")
-    @blp.arguments(ReversalCreateSchema)
+    @blp.arguments(ReversalCreateSchema())
     @blp.response(201, ReversalSchema)
     def post(self, body: dict[str, Any], member_id: str) -> Any:
         """Reverse one specific wrong event (a duplicate purchase, a mistaken redemption, an
