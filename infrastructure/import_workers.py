@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from application.bulk_import import ImportSummary, import_purchases, read_rows
+from application.bulk_import import ImportSummary, import_purchases, member_key, read_rows
 from infrastructure.config import Config
 
 PIPE_BYTES = 1 << 20  # a worker's queue of rows: several batches, so no worker waits for another
@@ -37,7 +37,7 @@ class WorkerFailed(RuntimeError):
 
 def worker_of(row: dict[str, Any], workers: int) -> int:
     """The same member always goes to the same worker (by member id, else by card number)."""
-    key = str(row.get("member_id") or row.get("card_number") or "")
+    key = member_key(str(row.get("member_id") or "") or None, str(row.get("card_number") or "") or None)
     return zlib.crc32(key.encode()) % workers
 
 
