@@ -4,7 +4,6 @@ TPC-B on the same database in the same run."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import threading

@@ -19,7 +19,6 @@ from bench.common import (
     children,
     cpu_cores_used,
     cpu_ticks,
-    fresh_database,
     head,
     log,
     loyalty_command,

@@ -15,10 +15,8 @@ from __future__ import annotations
 import fcntl
 import heapq
 import json
-import os
 import subprocess
 import sys
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -27,6 +25,7 @@ from typing import IO, Any
 
 from application.bulk_import import ImportSummary, import_purchases, member_key, read_rows
 from infrastructure.config import Config
+from infrastructure.worker_processes import WorkerProcesses
 
 PIPE_BYTES = 1 << 20  # a worker's queue of rows: several batches, so no worker waits for another
 
@@ -50,45 +49,36 @@ def import_in_processes(
     merged into one rejects file in line order. Create the schema before calling this."""
     options = {"partner_id": partner_id, "actor": actor, "batch_size": batch_size, "cache_members": cache_members,
                "cache_events": cache_events}
-    env = {**os.environ, "LOYALTY_DATABASE_URL": config.database_url, "LOYALTY_LOG_FORMAT": config.log_format}
     parts = [rejects_path.with_name(f"{rejects_path.name}.part{index}") for index in range(workers + 1)]
+    results: list[dict[str, Any] | None] = [None] * workers
+
+    def heard(index: int, kind: str, value: str) -> None:
+        if kind == "progress":
+            on_progress(int(value))
+        elif kind == "summary":
+            results[index] = json.loads(value)
+
     try:
-        processes = [subprocess.Popen([sys.executable, "-m", __name__, json.dumps({**options, "rejects": str(part)})],
-                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, encoding="utf-8")
-                     for part in parts[:workers]]
-        results: list[dict[str, Any] | None] = [None] * workers
-        errors: list[list[str]] = [[] for _ in processes]
-        threads = []
-        for index, process in enumerate(processes):
-            _widen(process.stdin)
-            threads.append(threading.Thread(target=_follow, args=(process.stdout, index, results, on_progress), daemon=True))
-            threads.append(threading.Thread(target=_keep_tail, args=(process.stderr, errors[index]), daemon=True))
-        for thread in threads:
-            thread.start()
+        pool = WorkerProcesses(__name__, [{**options, "rejects": str(part)} for part in parts[:workers]], config,
+                               on_line=heard, stdin=True)
         try:
+            for process in pool.processes:
+                _widen(process.stdin)
             with parts[workers].open("w", encoding="utf-8") as own_rejects:
-                unreadable = _deal(read_rows(stream, kind), processes, own_rejects, on_progress)
-            for process in processes:
+                unreadable = _deal(read_rows(stream, kind), pool.processes, own_rejects, on_progress)
+            for process in pool.processes:
                 try:
                     process.stdin.close()  # type: ignore[union-attr]
                 except BrokenPipeError:
                     pass
-            for process in processes:
-                process.wait()
-            for thread in threads:
-                thread.join()
+            pool.wait()
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-        failures = [f"worker {index}: {errors[index][-1] if errors[index] else f'exit code {process.returncode}'}"
-                    for index, process in enumerate(processes) if process.returncode != 0 or results[index] is None]
+            pool.kill_the_rest()
+        failures = pool.failures([result is not None for result in results])
         if failures:
             # What the workers committed stays committed (and receipted): running the same
             # import again carries on without counting anything twice.
-            raise WorkerFailed("import failed in " + "; ".join(failures))
+            raise WorkerFailed("import failed in " + "; ".join(f"worker {index}: {why}" for index, why in failures))
         merge_rejects(parts, rejects_path)
         return _add_up([unreadable, *(ImportSummary(**result) for result in results if result is not None)])
     finally:
@@ -119,22 +109,6 @@ def _widen(pipe: Any) -> None:
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (AttributeError, OSError):  # not Linux, or over the system's limit: the default size works too
         pass
-
-
-def _follow(stream: IO[str], index: int, results: list[dict[str, Any] | None],
-            on_progress: Callable[[int], None]) -> None:
-    for line in stream:
-        kind, _, value = line.strip().partition(" ")
-        if kind == "progress":
-            on_progress(int(value))
-        elif kind == "summary":
-            results[index] = json.loads(value)
-
-
-def _keep_tail(stream: IO[str], tail: list[str]) -> None:
-    for line in stream:
-        if line.strip():
-            tail[:] = [*tail[-19:], line.strip()]
 
 
 def merge_rejects(parts: list[Path], rejects_path: Path) -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from infrastructure.config import Config
+from infrastructure.worker_processes import WorkerProcesses
 from projections.base import Projection
 from projections.runner import ProjectionRunner
 
@@ -52,36 +52,25 @@ def rebuild_in_processes(config: Config, runner: ProjectionRunner, names: list[s
     slowest worker has got. The tables must exist (create them before calling this)."""
     chosen = runner.reset(names)
     groups = share_out(chosen, workers)
-    env = {**os.environ, "LOYALTY_DATABASE_URL": config.database_url, "LOYALTY_LOG_FORMAT": config.log_format}
-    options = {"batch_size": runner.batch_size}
-    processes = [subprocess.Popen([sys.executable, "-m", __name__,
-                                   json.dumps({**options, "projections": [p.name for p in group]})],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
-                 for group in groups]
-    progress = _Progress(len(processes), on_progress)
-    applied: list[int | None] = [None] * len(processes)
-    errors: list[list[str]] = [[] for _ in processes]
-    threads = [threading.Thread(target=_follow, args=(p.stdout, index, applied, progress), daemon=True)
-               for index, p in enumerate(processes)]
-    threads += [threading.Thread(target=_keep_tail, args=(p.stderr, errors[index]), daemon=True)
-                for index, p in enumerate(processes)]
+    progress = _Progress(len(groups), on_progress)
+    applied: list[int | None] = [None] * len(groups)
+
+    def heard(index: int, kind: str, value: str) -> None:
+        if kind == "progress":
+            progress.add(index, int(value))
+        elif kind == "applied":
+            applied[index] = int(value)
+
+    pool = WorkerProcesses(__name__, [{"batch_size": runner.batch_size, "projections": [p.name for p in group]}
+                                      for group in groups], config, on_line=heard)
     try:
-        for thread in threads:
-            thread.start()
-        for process in processes:
-            process.wait()
-        for thread in threads:
-            thread.join()
+        pool.wait()
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    failures = [f"{', '.join(p.name for p in groups[index])}: "
-                f"{errors[index][-1] if errors[index] else f'exit code {process.returncode}'}"
-                for index, process in enumerate(processes) if process.returncode != 0 or applied[index] is None]
+        pool.kill_the_rest()
+    failures = pool.failures([count is not None for count in applied])
     if failures:
-        raise RebuildFailed("rebuild failed in " + "; ".join(failures)
+        raise RebuildFailed("rebuild failed in " + "; ".join(f"{', '.join(p.name for p in groups[index])}: {why}"
+                                                             for index, why in failures)
                             + " (those projections stay flagged as rebuilding; `loyalty projections run` resumes them)")
     return max(count for count in applied if count is not None)
 
@@ -102,21 +91,6 @@ class _Progress:
             if slowest > self._reported:
                 self._on_progress(slowest - self._reported)
                 self._reported = slowest
-
-
-def _follow(stream: IO[str], index: int, applied: list[int | None], progress: _Progress) -> None:
-    for line in stream:
-        kind, _, value = line.strip().partition(" ")
-        if kind == "progress":
-            progress.add(index, int(value))
-        elif kind == "applied":
-            applied[index] = int(value)
-
-
-def _keep_tail(stream: IO[str], tail: list[str]) -> None:
-    for line in stream:
-        if line.strip():
-            tail[:] = [*tail[-19:], line.strip()]
 
 
 def run_worker(options: dict[str, Any]) -> None:

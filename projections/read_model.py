@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from application.errors import NotFound
 from application.ledger import Ledger
 from application.views import rfc3339
 from domain.identity import member_id_to_uuid

@@ -5,65 +5,51 @@ library's IntegrityError and leaves nothing behind, and the connection goes back
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
-import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from psycopg.pq import TransactionStatus
-
-from test_ledger_story import START, Clock, open_ledger
 
 
 def stored(originator: uuid.UUID, version: int) -> StoredEvent:
     return StoredEvent(originator_id=originator, originator_version=version, topic="tests:Event", state=b"{}")
 
 
-@pytest.fixture()
-def ledger(postgres_database: str):
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_database, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-    ledger = open_ledger(f"{postgres_database}?schema={schema}", Clock(START + timedelta(days=1)))
-    yield ledger
-    ledger.close()
-
-
-def test_the_pipelined_save_is_installed_and_returns_the_notification_ids(ledger) -> None:
-    assert ledger.recorder.insert_events.__qualname__.startswith("use_pipelined_commit")
+def test_the_pipelined_save_is_installed_and_returns_the_notification_ids(postgres_ledger) -> None:
+    assert postgres_ledger.recorder.insert_events.__qualname__.startswith("use_pipelined_commit")
     originator = uuid.uuid4()
-    ids = ledger.recorder.insert_events([stored(originator, 1), stored(originator, 2)])
+    ids = postgres_ledger.recorder.insert_events([stored(originator, 1), stored(originator, 2)])
     assert len(ids) == 2 and ids[1] == ids[0] + 1
-    assert [n.id for n in ledger.recorder.select_notifications(start=ids[0], limit=10)] == ids
-    assert ledger.recorder.insert_events([]) in (None, [])
+    assert [n.id for n in postgres_ledger.recorder.select_notifications(start=ids[0], limit=10)] == ids
+    assert postgres_ledger.recorder.insert_events([]) in (None, [])
 
 
-def test_a_clash_raises_integrity_error_stores_nothing_of_that_save_and_leaves_the_pool_clean(ledger) -> None:
+def test_a_clash_raises_integrity_error_stores_nothing_of_that_save_and_leaves_the_pool_clean(postgres_ledger) -> None:
     originator, other = uuid.uuid4(), uuid.uuid4()
-    ledger.recorder.insert_events([stored(originator, 1)])
-    head = ledger.recorder.max_notification_id()
+    postgres_ledger.recorder.insert_events([stored(originator, 1)])
+    head = postgres_ledger.recorder.max_notification_id()
     with pytest.raises(IntegrityError):
         # The new aggregate's event comes first: it must not survive the clash after it.
-        ledger.recorder.insert_events([stored(other, 1), stored(originator, 1)])
-    assert ledger.recorder.select_events(other) == []
-    assert ledger.recorder.max_notification_id() == head
-    for _ in range(ledger.recorder.datastore.pool.max_size + 1):  # every pooled connection
-        with ledger.recorder.datastore.get_connection() as connection:
+        postgres_ledger.recorder.insert_events([stored(other, 1), stored(originator, 1)])
+    assert postgres_ledger.recorder.select_events(other) == []
+    assert postgres_ledger.recorder.max_notification_id() == head
+    for _ in range(postgres_ledger.recorder.datastore.pool.max_size + 1):  # every pooled connection
+        with postgres_ledger.recorder.datastore.get_connection() as connection:
             assert connection.info.transaction_status == TransactionStatus.IDLE
-    assert ledger.recorder.insert_events([stored(other, 1)])
+    assert postgres_ledger.recorder.insert_events([stored(other, 1)])
 
 
-def test_the_librarys_hook_for_a_recorders_own_rows_commits_with_the_events_or_not_at_all(ledger) -> None:
+def test_the_librarys_hook_for_a_recorders_own_rows_commits_with_the_events_or_not_at_all(postgres_ledger) -> None:
     """A subclass (the library's process recorder, say) writes rows of its own in `_insert_events`:
     they go in the same transaction as the events."""
-    schema = ledger.recorder.datastore.schema
-    with ledger.recorder.datastore.get_connection() as connection:
+    schema = postgres_ledger.recorder.datastore.schema
+    with postgres_ledger.recorder.datastore.get_connection() as connection:
         connection.execute(f'CREATE TABLE "{schema}".side (events INTEGER NOT NULL)')
-    ledger.recorder._insert_events = lambda curs, events, **_: curs.execute(  # noqa: SLF001
+    postgres_ledger.recorder._insert_events = lambda curs, events, **_: curs.execute(  # noqa: SLF001
         f'INSERT INTO "{schema}".side (events) VALUES (%s)', (len(events),))
     originator = uuid.uuid4()
-    ledger.recorder.insert_events([stored(originator, 1), stored(originator, 2)])
+    postgres_ledger.recorder.insert_events([stored(originator, 1), stored(originator, 2)])
     with pytest.raises(IntegrityError):
-        ledger.recorder.insert_events([stored(uuid.uuid4(), 1), stored(originator, 2)])
-    with ledger.recorder.datastore.get_connection() as connection:
+        postgres_ledger.recorder.insert_events([stored(uuid.uuid4(), 1), stored(originator, 2)])
+    with postgres_ledger.recorder.datastore.get_connection() as connection:
         assert [row["events"] for row in connection.execute(f'SELECT events FROM "{schema}".side')] == [2]

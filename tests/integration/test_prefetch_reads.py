@@ -7,33 +7,18 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import ExitStack
-from datetime import timedelta
-
-import psycopg
-import pytest
 
 from application import prefetch
-from test_ledger_story import START, Clock, open_ledger
 
 EXPLAIN = "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM {table} WHERE originator_version > %s"
-
-
-@pytest.fixture()
-def ledger(postgres_database: str):
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_database, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-    ledger = open_ledger(f"{postgres_database}?schema={schema}", Clock(START + timedelta(days=1)))
-    yield ledger
-    ledger.close()
 
 
 def plan(rows: list[dict]) -> dict:
     return next(iter(rows[0].values()))[0]
 
 
-def test_prefetch_reads_never_compile_their_plans(ledger) -> None:
-    recorder = ledger.recorder
+def test_prefetch_reads_never_compile_their_plans(postgres_ledger) -> None:
+    recorder = postgres_ledger.recorder
     statement = EXPLAIN.format(table=f'"{recorder.datastore.schema}"."{recorder.events_table_name}"')
     with ExitStack() as stack:  # every connection of the pool, each set to compile any plan at all
         connections = [stack.enter_context(recorder.datastore.get_connection())
