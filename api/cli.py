@@ -198,7 +198,8 @@ def projections_status() -> None:
                    "SQLite takes one writer at a time, so 1 there.")
 def rebuild_projections(name: str | None, workers: int | None) -> None:
     """Rebuild one projection (or all) from position zero; the API keeps serving meanwhile."""
-    from infrastructure.rebuild_workers import RebuildFailed, default_workers, rebuild_in_processes
+    from infrastructure.rebuild_workers import RebuildFailed, rebuild_in_processes
+    from infrastructure.worker_processes import default_workers
 
     config = load_config()
     model = open_read_model()
@@ -387,6 +388,7 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     from application.bulk_import import file_kind, import_purchases
     from infrastructure.bootstrap import build_ledger
     from infrastructure.import_workers import WorkerFailed, import_in_processes
+    from infrastructure.worker_processes import default_workers
 
     try:
         kind = file_kind(path)
@@ -396,7 +398,7 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     if config.database.kind != "postgresql" and (workers or 1) > 1:
         raise click.ClickException(f"--workers {workers} needs PostgreSQL: {config.database.kind} has one writer at a time")
     if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if config.database.kind == "postgresql" else 1
+        workers = default_workers(config)
     # The importer is its cache's only writer: members are changed in place, not copied per batch.
     # A member the cache lost is reloaded with the rest of its batch (snapshot and later events).
     # (Also creates the schema: once, before any worker starts.)

@@ -52,7 +52,8 @@ def rebuild(database: Database, runs: int) -> dict[str, Any]:
     as the command line sets it (infrastructure/gc_tuning.py)."""
     from infrastructure.config import Config
     from infrastructure.gc_tuning import tune_gc
-    from infrastructure.rebuild_workers import default_workers, rebuild_in_processes
+    from infrastructure.rebuild_workers import rebuild_in_processes
+    from infrastructure.worker_processes import default_workers
 
     tune_gc()
     config = Config(database_url=database.url)

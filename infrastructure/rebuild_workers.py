@@ -13,7 +13,6 @@ runner) carries on from there.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -38,11 +37,6 @@ def share_out(projections: list[Projection], workers: int) -> list[list[Projecti
         groups[least].append(projection)
         loads[least] += projection.cost
     return groups
-
-
-def default_workers(config: Config) -> int:
-    """One per CPU on PostgreSQL; SQLite has one writer at a time, so one there."""
-    return min(os.cpu_count() or 1, 8) if config.database.kind == "postgresql" else 1
 
 
 def rebuild_in_processes(config: Config, runner: ProjectionRunner, names: list[str] | None, *, workers: int,
@@ -121,4 +115,4 @@ if __name__ == "__main__":
     run_worker(json.loads(sys.argv[1]))
 
 
-__all__ = ["RebuildFailed", "default_workers", "rebuild_in_processes", "share_out"]
+__all__ = ["RebuildFailed", "rebuild_in_processes", "share_out"]

@@ -15,6 +15,11 @@ from typing import IO, Any
 from infrastructure.config import Config
 
 
+def default_workers(config: Config) -> int:
+    """One per CPU (at most 8) on PostgreSQL; SQLite has one writer at a time, so one there."""
+    return min(os.cpu_count() or 1, 8) if config.database.kind == "postgresql" else 1
+
+
 class WorkerProcesses:
     def __init__(self, module: str, options: list[dict[str, Any]], config: Config, *,
                  on_line: Callable[[int, str, str], None], stdin: bool = False) -> None:
@@ -65,4 +70,4 @@ def _keep_tail(stream: IO[str], tail: list[str]) -> None:
             tail[:] = [*tail[-19:], line.strip()]
 
 
-__all__ = ["WorkerProcesses"]
+__all__ = ["WorkerProcesses", "default_workers"]
