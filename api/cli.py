@@ -102,6 +102,7 @@ def demo(members: int, seed: int) -> None:
                    "port shares it silently instead of failing.")
 def serve(host: str, port: int, workers: int | None, threads: int, run_projections: bool | None, reuse_port: bool) -> None:
     """Serve the HTTP API with gunicorn (creates the schema first)."""
+    from api.serve import default_server_workers
     from api.serve import serve as run_server
 
     config = load_config()
@@ -112,8 +113,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, run_projectio
         click.echo("Admin key: the value of LOYALTY_ADMIN_KEY", err=True)
     if run_projections is None:
         run_projections = config.database.kind == "sqlite"
-    if workers is None:
-        workers = min(2 * (os.cpu_count() or 1), 8) if config.database.kind == "postgresql" else 2
+    workers = workers or default_server_workers(config)
     click.echo(f"Serving on http://{host}:{port} ({workers} workers x {threads} threads), "
                f"data in the {config.database.describe()}; projections "
                f"{'run in the server' if run_projections else 'not run here (loyalty projections run)'}; "

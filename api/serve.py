@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gunicorn import util
@@ -55,6 +56,14 @@ class LedgerServer(BaseApplication):
         from infrastructure.group_commit import CommitQueue
 
         return create_app(self.config_object, ledger, read_model, CommitQueue(ledger))
+
+
+def default_server_workers(config: Config) -> int:
+    """Two per CPU (at most 8) on PostgreSQL: each worker has its own group-commit thread, which
+    in a process of many request threads waits for the GIL after every database reply; with two
+    workers on 2 cores a third of a core stayed idle, with four the machine was busy and carried
+    6-9% more single purchases (BENCHMARKS.md, run 9). SQLite has one writer at a time: 2."""
+    return min(2 * (os.cpu_count() or 1), 8) if config.database.kind == "postgresql" else 2
 
 
 def serve(config: Config, host: str, port: int, workers: int, threads: int, run_projections: bool, *,

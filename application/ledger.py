@@ -97,8 +97,9 @@ class Ledger(Application):
         """Snapshots an aggregate each time its events cross a multiple of its interval (which
         widens as the aggregate grows: see snapshot_interval). The last crossing in a save is
         snapshotted from the saved state in memory, at the version the save ended on: the library
-        would read and decode up to a whole interval of events again to stop at exactly the multiple. Earlier crossings in the same save (a batch of
-        hundreds of events for one member) are taken by the library, at their multiples."""
+        would read and decode up to a whole interval of events again to stop at exactly the
+        multiple. Earlier crossings in the same save (a batch of hundreds of events for one
+        member) are taken by the library, at their multiples."""
         if not self.snapshots:
             return
         crossings: dict[Any, list[int]] = {}

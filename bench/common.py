@@ -348,9 +348,11 @@ class Server:
         self.stop()
         raise RuntimeError(f"loyalty serve did not become healthy in {timeout:.0f}s:\n{self.log_tail()}")
 
-    @staticmethod
-    def default_workers() -> int:
-        return min(2 * (os.cpu_count() or 1), 8)  # `loyalty serve` on PostgreSQL (api/cli.py)
+    def default_workers(self) -> int:
+        from api.serve import default_server_workers
+        from infrastructure.config import Config
+
+        return default_server_workers(Config(database_url=self.database.url))
 
     def worker_pids(self) -> list[int]:
         return children(self.process.pid) if self.process is not None else []

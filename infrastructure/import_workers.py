@@ -36,7 +36,7 @@ class WorkerFailed(RuntimeError):
 
 def worker_of(row: dict[str, Any], workers: int) -> int:
     """The same member always goes to the same worker (by member id, else by card number)."""
-    key = member_key(str(row.get("member_id") or "") or None, str(row.get("card_number") or "") or None)
+    key = member_key(row.get("member_id"), row.get("card_number"))
     return zlib.crc32(key.encode()) % workers
 
 

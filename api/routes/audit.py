@@ -43,7 +43,7 @@ class Checkpoint(MethodView):
 @audit.route("/audit/verify")
 class Verify(MethodView):
     @requires("auditor", "admin")
-    @audit.arguments(VerifyRequestSchema)
+    @audit.arguments(VerifyRequestSchema())
     @audit.response(200, VerificationSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Recompute the chain from the events themselves; name the first position that does not
@@ -57,7 +57,7 @@ class Verify(MethodView):
 @audit.route("/reports/reconciliation")
 class Reconciliation(MethodView):
     @requires("finance", "auditor", "admin")
-    @audit.arguments(ReconciliationQuerySchema, location="query")
+    @audit.arguments(ReconciliationQuerySchema(), location="query")
     @audit.response(200, ReconciliationSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """Every projected balance against a fresh replay of the event log, and the liability

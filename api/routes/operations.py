@@ -19,7 +19,7 @@ health = Blueprint("health", __name__, description="Liveness.")
 @jobs.route("/expire-points")
 class ExpirePointsJob(MethodView):
     @requires("admin")
-    @jobs.arguments(JobSchema)
+    @jobs.arguments(JobSchema())
     @jobs.response(200, ExpiryJobSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Expire every lot due by `as_of`, for every member. Running it again changes nothing."""
@@ -31,7 +31,7 @@ class ExpirePointsJob(MethodView):
 @jobs.route("/review-tiers")
 class ReviewTiersJob(MethodView):
     @requires("admin")
-    @jobs.arguments(JobSchema)
+    @jobs.arguments(JobSchema())
     @jobs.response(200, TierJobSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Re-qualify every member's tier on the spend in the window ending `as_of`."""
