@@ -35,8 +35,8 @@ def _postgres(recorder: Any, ids: list[UUID]) -> dict[UUID, int]:
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own reads
     def select() -> dict[UUID, int]:
-        return {row["originator_id"]: int(row["version"]) for row in _postgres_read(recorder, statement, (ids,))
-                if row["version"] is not None}
+        return {originator_id: int(version) for originator_id, version in _postgres_read(recorder, statement, (ids,))
+                if version is not None}
 
     return select()
 
@@ -53,8 +53,14 @@ def _postgres_read(recorder: Any, statement: Any, params: Any) -> list[Any]:
     JIT is turned off for the session the first time a connection serves one of these reads: the
     planner cannot know how many events follow a given version, guesses thousands per member, and
     above its cost threshold compiles the plan first. With 726,005 events stored, a load of 200
-    members took 95-109 ms that way, 2-4 ms without."""
-    with recorder.datastore.get_connection() as connection, connection.cursor() as cursor:
+    members took 95-109 ms that way, 2-4 ms without.
+
+    Rows come back as tuples in binary: the states as stored, not hex-encoded text for Python
+    to decode (see infrastructure/binary_reads.py)."""
+    from psycopg.rows import tuple_row
+
+    with recorder.datastore.get_connection() as connection, \
+            connection.cursor(row_factory=tuple_row, binary=True) as cursor:
         if connection not in _JIT_OFF:
             cursor.execute("SET jit = off")
             _JIT_OFF.add(connection)
@@ -113,9 +119,8 @@ def _postgres_stored(recorder: Any, ids: list[UUID], after: list[int] | None) ->
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's own reads
     def select() -> list[Any]:
-        return [StoredEvent(originator_id=row["originator_id"], originator_version=row["originator_version"],
-                            topic=row["topic"], state=bytes(row["state"]))
-                for row in _postgres_read(recorder, statement, params)]
+        return [StoredEvent(originator_id=originator_id, originator_version=version, topic=topic, state=state)
+                for originator_id, version, topic, state in _postgres_read(recorder, statement, params)]
 
     return select()
 

@@ -33,9 +33,11 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
     ledger = Ledger(env=env, clock=clock, single_writer=single_writer)
     if database.kind == "postgresql":
         from infrastructure.binary_inserts import use_binary_inserts
+        from infrastructure.binary_reads import use_binary_reads
         from infrastructure.pipelined_commit import use_pipelined_commit
 
         use_binary_inserts(ledger.recorder)  # events sent in binary, not hex-encoded text
+        use_binary_reads(ledger.recorder)  # and read back so
         use_pipelined_commit(ledger.recorder)  # the table lock held only while the server works
         if ledger.snapshots is not None:
             use_binary_inserts(ledger.snapshots.recorder)

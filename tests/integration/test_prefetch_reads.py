@@ -4,7 +4,6 @@ group of members first (95-109 ms against 2-4 ms with 726,005 events stored)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from contextlib import ExitStack
 
@@ -13,8 +12,9 @@ from application import prefetch
 EXPLAIN = "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM {table} WHERE originator_version > %s"
 
 
-def plan(rows: list[dict]) -> dict:
-    return next(iter(rows[0].values()))[0]
+def plan(rows: list) -> dict:
+    first = rows[0]  # a tuple from the prefetch reads, a dict from the library's connections
+    return (first[0] if isinstance(first, tuple) else next(iter(first.values())))[0]
 
 
 def test_prefetch_reads_never_compile_their_plans(postgres_ledger) -> None:
@@ -34,4 +34,4 @@ def test_prefetch_reads_never_compile_their_plans(postgres_ledger) -> None:
     for _ in range(2 * len(connections)):  # whichever connection the pool hands out
         assert "JIT" not in plan(prefetch._postgres_read(recorder, statement, (0,)))  # noqa: SLF001
     assert prefetch.stored_after(recorder, {uuid.uuid4(): 0}) == []
-    assert {json.dumps(row) for row in prefetch._postgres_read(recorder, "SHOW jit", ())} == {'{"jit": "off"}'}  # noqa: SLF001
+    assert {row for row in prefetch._postgres_read(recorder, "SHOW jit", ())} == {("off",)}  # noqa: SLF001
