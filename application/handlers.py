@@ -37,7 +37,7 @@ from application.unit_of_work import UnitOfWork
 from application.views import balance_view, json_value, member_view, program_view, rfc3339
 from domain.adjustment_request import APPROVED, PENDING, REJECTED, AdjustmentRequest
 from domain.calendar import require_aware
-from domain.errors import CurrencyMismatch, DomainError, UnknownPurchase
+from domain.errors import CurrencyMismatch, DomainError, DuplicatePosting, UnknownPurchase
 from domain.identity import (
     card_uuid,
     check_identifier,
@@ -100,15 +100,29 @@ def effective_time(occurred_at: datetime | None, now: datetime, field: str = "oc
 
 # ---- idempotency ----------------------------------------------------------------------------
 
-def replay(uow: UnitOfWork, scope: str, key: list[str], command: Command) -> Outcome | None:
+def replay(uow: UnitOfWork, scope: str, key: list[str], command: Command, *, again: bool = False) -> Outcome | None:
     """The recorded outcome if this id was used before with the same request; a conflict if
-    it was used with a different one; None if it is new."""
-    receipt = uow.find(Receipt, Receipt.create_id(scope, key))
+    it was used with a different one; None if it is new. `again`: read the receipt from the
+    store even if this unit saw it absent earlier."""
+    receipt_id = Receipt.create_id(scope, key)
+    receipt = uow.reread_absent(Receipt, receipt_id) if again else uow.find(Receipt, receipt_id)
     if receipt is None:
         return None
     if receipt.request_hash != command.request_hash():
         raise IdempotencyConflict(f"{scope} id {key[-1]!r} was already used with a different request")
     return Outcome(body=receipt.outcome, status=receipt.status, replayed=True)
+
+
+def replay_if_raced(uow: UnitOfWork, scope: str, key: list[str], command: Command, refused: DomainError) -> Outcome:
+    """After the member refused a posting it already holds: the replay, if a racing copy of this
+    request committed it (with its receipt) between the receipt look-up and the member's read.
+    A batch looks receipts up first, all at one moment, and may read a member later (one not
+    cached at the version it saw, or found through a card): the receipt is then read again.
+    Otherwise the refusal stands."""
+    replayed = replay(uow, scope, key, command, again=True)
+    if replayed is None:
+        raise refused
+    return replayed
 
 
 def issue_receipt(
@@ -229,11 +243,14 @@ def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> Outc
     check_amount(cmd.amount, cmd.currency)
     occurred_at = effective_time(cmd.occurred_at, now)
     revision, rules = program.rules_at(occurred_at)
-    points = member.record_purchase(
-        partner_id=partner.partner_id, store_id=cmd.store_id, transaction_id=cmd.transaction_id,
-        amount=cmd.amount, currency=cmd.currency, items=[json_value(i) for i in cmd.items],
-        occurred_at=occurred_at, actor=cmd.actor, revision=revision, rules=rules,
-    )
+    try:
+        points = member.record_purchase(
+            partner_id=partner.partner_id, store_id=cmd.store_id, transaction_id=cmd.transaction_id,
+            amount=cmd.amount, currency=cmd.currency, items=[json_value(i) for i in cmd.items],
+            occurred_at=occurred_at, actor=cmd.actor, revision=revision, rules=rules,
+        )
+    except DuplicatePosting as refused:
+        return replay_if_raced(uow, "posting", key, cmd, refused)
     status = "pending" if points and rules.available_at(occurred_at) > now else "available"
     body = {
         "transaction_id": cmd.transaction_id, "member_id": member.member_id, "points_earned": points,
@@ -269,11 +286,14 @@ def return_purchase(uow: UnitOfWork, cmd: ReturnPurchase, now: datetime) -> Outc
     program = require_program(uow, partner.program_id)
     check_amount(cmd.amount, program.currency)
     occurred_at = effective_time(cmd.occurred_at, now)
-    points = member.return_purchase(
-        partner_id=partner.partner_id, transaction_id=cmd.transaction_id,
-        original_transaction_id=cmd.original_transaction_id, amount=cmd.amount,
-        occurred_at=occurred_at, actor=cmd.actor,
-    )
+    try:
+        points = member.return_purchase(
+            partner_id=partner.partner_id, transaction_id=cmd.transaction_id,
+            original_transaction_id=cmd.original_transaction_id, amount=cmd.amount,
+            occurred_at=occurred_at, actor=cmd.actor,
+        )
+    except DuplicatePosting as refused:
+        return replay_if_raced(uow, "posting", key, cmd, refused)
     body = {
         "transaction_id": cmd.transaction_id, "original_transaction_id": cmd.original_transaction_id,
         "member_id": member.member_id, "points_reversed": points, "balance": balance_view(member, now),

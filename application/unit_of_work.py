@@ -66,6 +66,12 @@ class UnitOfWork:
         aggregate = mutate_all(None, events)
         return aggregate if isinstance(aggregate, cls) else None
 
+    def reread_absent(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        """An aggregate this unit found absent, read from the store now; one it holds, as it is."""
+        if aggregate_id not in self._aggregates:
+            self._absent.discard(aggregate_id)
+        return self.find(cls, aggregate_id)
+
     def cached(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """This process's cached copy as it is, unchecked against the store and never to be
         changed: only for what an aggregate fixes when it is created (a partner's program)."""
