@@ -114,8 +114,9 @@ def replay(uow: UnitOfWork, scope: str, key: list[str], command: Command, *, aga
 
 
 def replay_if_raced(uow: UnitOfWork, scope: str, key: list[str], command: Command, refused: DomainError) -> Outcome:
-    """After the member refused a posting it already holds: the replay, if a racing copy of this
-    request committed it (with its receipt) between the receipt look-up and the member's read.
+    """After the member refused a posting or redemption it already holds: the replay, if a racing
+    copy of this request committed it (with its receipt) between the receipt look-up and the
+    member's read.
     A batch looks receipts up first, all at one moment, and may read a member later (one not
     cached at the version it saw, or found through a card): the receipt is then read again.
     Otherwise the refusal stands."""
@@ -316,8 +317,11 @@ def redeem(uow: UnitOfWork, cmd: Redeem, now: datetime) -> Outcome:
         if partner.program_id != member.program_id:
             raise InvalidRequest("the redeeming partner is not in the member's program", field="partner_id")
     occurred_at = effective_time(cmd.occurred_at, now)
-    member.redeem(redemption_id=cmd.redemption_id, points=cmd.points, reward=cmd.reward,
-                  partner_id=cmd.partner_id, occurred_at=occurred_at, actor=cmd.actor)
+    try:
+        member.redeem(redemption_id=cmd.redemption_id, points=cmd.points, reward=cmd.reward,
+                      partner_id=cmd.partner_id, occurred_at=occurred_at, actor=cmd.actor)
+    except DuplicatePosting as refused:
+        return replay_if_raced(uow, "redemption", key, cmd, refused)
     body = {"redemption_id": cmd.redemption_id, "member_id": member.member_id, "points": cmd.points,
             "balance": balance_view(member, now), "occurred_at": rfc3339(occurred_at)}
     return issue_receipt(uow, "redemption", key, "redemption", member.member_id, cmd, body)

@@ -1,4 +1,4 @@
-"""A copy of a posting that another process commits between this batch's receipt look-up and its
+"""A copy of a posting or redemption that another process commits between this batch's receipt look-up and its
 read of the member is replayed, not refused as a conflict.
 
 A batch looks every receipt up at one moment, with the members' versions; a member not cached at
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from application import unit_of_work
-from application.commands import Outcome, ReturnPurchase
+from application.commands import Outcome, Redeem, ReturnPurchase
 from domain.member import Member
 from test_ledger_story import START, Clock, open_ledger, purchase, set_up
 
@@ -58,9 +58,20 @@ def test_a_purchase_committed_between_receipt_look_up_and_member_read_is_replaye
         (outcome,) = ours.execute_batch([back])
         assert done and not done[0].replayed
         assert isinstance(outcome, Outcome) and outcome.replayed and outcome.body == done[0].body, outcome
+        spend = Redeem(actor="key:pos-1", member_id="ann", redemption_id="race-spend", points=20, reward="mug",
+                       partner_id=None, occurred_at=None)
+        ours.execute_batch([purchase("warm-2", "1")])  # the member's receipt ids known from the cache
+        theirs.execute(purchase("other-3", "10"))
+        done = committed_in_the_gap(monkeypatch, lambda: theirs.execute(spend))
+        (outcome,) = ours.execute_batch([spend])
+        assert done and not done[0].replayed
+        assert isinstance(outcome, Outcome) and outcome.replayed and outcome.body == done[0].body, outcome
+
         member = ours.repository.get(Member.create_id("ann"))  # each posting once
-        assert sorted(member.purchases) == ["grocer:other", "grocer:other-2", "grocer:race-same", "grocer:warm"]
+        assert sorted(member.purchases) == ["grocer:" + t for t in ("other", "other-2", "other-3", "race-same",
+                                                                    "warm", "warm-2")]
         assert sorted(member.returns) == ["grocer:race-back"]
+        assert list(member.redemptions) == ["race-spend"]
     finally:
         ours.close()
         theirs.close()
