@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
+import sys
 import threading
 from dataclasses import replace
 from datetime import datetime
@@ -25,7 +27,23 @@ def load_config() -> Config:
         raise click.ClickException(str(error)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A database that cannot be reached, or fails, is a one-line message, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from eventsourcing.persistence import InterfaceError, OperationalError
+
+        psycopg = sys.modules.get("psycopg")  # only ever raised once it is loaded
+        failures = (OperationalError, InterfaceError, sqlite3.OperationalError) + \
+            ((psycopg.OperationalError, psycopg.InterfaceError) if psycopg else ())
+        try:
+            return super().invoke(ctx)
+        except failures as error:
+            why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise click.ClickException(f"database error: {why} (check LOYALTY_DATABASE_URL)") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """loyalty-ledger: an event-sourced loyalty points ledger.
 
@@ -401,10 +419,10 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
         workers = default_workers(config)
     # The importer is its cache's only writer: members are changed in place, not copied per batch.
     # A member the cache lost is reloaded with the rest of its batch (snapshot and later events).
-    # (Also creates the schema: once, before any worker starts.)
-    ledger = build_ledger(config, cache_size=cache_members, cache_events=cache_events, single_writer=True)
-    if workers > 1:
-        ledger.close()  # the workers open their own
+    # With workers, they are forked before this process connects, and their ledgers are their own:
+    # this one only creates the schema, once, before any row goes to them.
+    ledger = build_ledger(config, cache_size=cache_members, cache_events=cache_events, single_writer=True) \
+        if workers == 1 else None
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
     with path.open(encoding="utf-8") as counting:
         total = sum(1 for line in counting if line.strip()) - (1 if kind == "csv" else 0)
@@ -422,15 +440,17 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
                 summary = import_in_processes(
                     config, stream, kind, partner_id, rejects_path, workers=workers, actor="cli:import",
                     batch_size=batch_size, cache_members=cache_members // workers,
-                    cache_events=max(1, cache_events // workers), on_progress=advance)
+                    cache_events=max(1, cache_events // workers), on_progress=advance,
+                    prepare=lambda: build_ledger(config).close())
             else:
+                assert ledger is not None
                 with rejects_path.open("w", encoding="utf-8") as rejects:
                     summary = import_purchases(ledger, stream, kind, partner_id, rejects, actor="cli:import",
                                                batch_size=batch_size, on_progress=bar.update)
     except (ValueError, WorkerFailed) as error:
         raise click.ClickException(str(error)) from None
     finally:
-        if workers == 1:
+        if ledger is not None:
             ledger.close()
     click.echo(f"rows {summary.rows:,}: imported {summary.imported:,} ({summary.points:,} points), "
                f"already imported {summary.already_imported:,}, rejected {summary.rejected:,}"

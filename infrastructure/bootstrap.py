@@ -50,6 +50,22 @@ def build_ledger(config: Config, *, create_schema: bool = True, clock: Clock = u
 
 
 
+def preload(config: Config) -> None:
+    """Imports now what build_ledger would import for this database, so processes forked from
+    this one start with it imported (infrastructure/worker_processes.Forked): psycopg and the
+    library's recorders are a third of a worker's start-up."""
+    import importlib
+
+    importlib.import_module(config.database.eventsourcing_env(create_schema=False)["PERSISTENCE_MODULE"])
+    if config.database.kind == "postgresql":
+        import infrastructure.binary_inserts
+        import infrastructure.binary_reads
+        import infrastructure.pipeline_flush
+        import infrastructure.pipelined_commit  # noqa: F401
+    import infrastructure.event_budget_cache
+    import infrastructure.fast_json  # noqa: F401
+
+
 def build_read_model(config: Config, ledger: Ledger, *, create_tables: bool = True) -> ReadModel | None:
     """The projections' store and queries on the ledger's database; None for the in-memory store."""
     from projections.read_model import ReadModel

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from application.bulk_import import ImportSummary, import_purchases, member_key, read_rows
+from infrastructure.bootstrap import build_ledger, preload
 from infrastructure.config import Config
+from infrastructure.gc_tuning import tune_gc
+from infrastructure.logging import configure_logging
 from infrastructure.worker_processes import WorkerProcesses
 
 PIPE_BYTES = 1 << 20  # a worker's queue of rows: several batches, so no worker waits for another
@@ -43,10 +46,12 @@ def worker_of(row: dict[str, Any], workers: int) -> int:
 def import_in_processes(
     config: Config, stream: IO[str], kind: str, partner_id: str, rejects_path: Path, *, workers: int,
     actor: str, batch_size: int, cache_members: int, cache_events: int,
-    on_progress: Callable[[int], None] = lambda rows: None,
+    on_progress: Callable[[int], None] = lambda rows: None, prepare: Callable[[], None] = lambda: None,
 ) -> ImportSummary:
     """The file's rows dealt to `workers` processes; their summaries added up, their refused rows
-    merged into one rejects file in line order. Create the schema before calling this."""
+    merged into one rejects file in line order. The workers are forked from this process, so call
+    this before opening any connection or starting any thread; `prepare` runs once they have
+    started and before they are given any row: create the schema there (once, not in each worker)."""
     options = {"partner_id": partner_id, "actor": actor, "batch_size": batch_size, "cache_members": cache_members,
                "cache_events": cache_events}
     parts = [rejects_path.with_name(f"{rejects_path.name}.part{index}") for index in range(workers + 1)]
@@ -58,10 +63,12 @@ def import_in_processes(
         elif kind == "summary":
             results[index] = json.loads(value)
 
+    preload(config)
     try:
         pool = WorkerProcesses(__name__, [{**options, "rejects": str(part)} for part in parts[:workers]], config,
-                               on_line=heard, stdin=True)
+                               on_line=heard, stdin=True, fork=True)
         try:
+            prepare()
             for process in pool.processes:
                 _widen(process.stdin)
             with parts[workers].open("w", encoding="utf-8") as own_rejects:
@@ -138,10 +145,6 @@ def _add_up(summaries: list[ImportSummary]) -> ImportSummary:
 def run_worker(options: dict[str, Any]) -> None:
     """In a worker process: rows from stdin, as [line number, row] JSON lines; progress and the
     summary to stdout."""
-    from infrastructure.bootstrap import build_ledger
-    from infrastructure.gc_tuning import tune_gc
-    from infrastructure.logging import configure_logging
-
     tune_gc()
     config = Config.from_env()
     configure_logging(config.log_format)

@@ -57,3 +57,19 @@ def test_a_bad_option_is_one_line_and_changes_nothing(database_url: str, tmp_pat
     result = run_import(database_url, path, "--cache-events", "0")
     assert result.returncode == 2 and "Invalid value for '--cache-events'" in result.stderr
     assert not Path(f"{path}.rejects.jsonl").exists()
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "purchases.csv"
+    path.write_text("transaction_id,member_id,store_id,amount,currency,occurred_at\nt-1,m-1,g-1,1.00,EUR,\n")
+    (tmp_path / "a-directory.db").mkdir()
+    unopenable = run_import(f"sqlite:///{tmp_path / 'a-directory.db'}", path)
+    assert unopenable.returncode == 1, unopenable.stderr
+    assert unopenable.stderr.strip().splitlines() == [
+        "Error: database error: unable to open database file (check LOYALTY_DATABASE_URL)"]
+    # Nobody listens on port 1: the forked workers are stopped with the parent, in one line.
+    unreachable = run_import("postgresql://postgres@127.0.0.1:1/nowhere", path, "--workers", "2")
+    assert unreachable.returncode == 1, unreachable.stderr
+    lines = unreachable.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: database error: ") and "LOYALTY_DATABASE_URL" in lines[0]
+    assert not Path(f"{path}.rejects.jsonl").exists() and not list(tmp_path.glob("*.part*"))
