@@ -56,14 +56,13 @@ def preload(config: Config) -> None:
     library's recorders are a third of a worker's start-up."""
     import importlib
 
-    importlib.import_module(config.database.eventsourcing_env(create_schema=False)["PERSISTENCE_MODULE"])
+    names = [config.database.eventsourcing_env(create_schema=False)["PERSISTENCE_MODULE"],
+             "infrastructure.event_budget_cache", "infrastructure.fast_json"]
     if config.database.kind == "postgresql":
-        import infrastructure.binary_inserts
-        import infrastructure.binary_reads
-        import infrastructure.pipeline_flush
-        import infrastructure.pipelined_commit  # noqa: F401
-    import infrastructure.event_budget_cache
-    import infrastructure.fast_json  # noqa: F401
+        names += ["infrastructure.binary_inserts", "infrastructure.binary_reads", "infrastructure.pipeline_flush",
+                  "infrastructure.pipelined_commit"]
+    for name in names:
+        importlib.import_module(name)
 
 
 def build_read_model(config: Config, ledger: Ledger, *, create_tables: bool = True) -> ReadModel | None:
