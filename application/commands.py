@@ -13,9 +13,13 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 
 def canonical(value: Any) -> Any:
     """A JSON-ready form in which equal values encode equally ("25.0" == "25.00")."""
+    if type(value) is str or value is None:  # most fields: nothing to do
+        return value
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
     if isinstance(value, datetime):
@@ -27,15 +31,48 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def canonical_json(content: dict[str, Any]) -> bytes:
+    """The canonical form's JSON: sorted keys, compact, UTF-8. orjson writes exactly that for
+    strings, 64-bit integers, booleans and null in dicts and lists (tests/unit/test_request_hash.py);
+    anything else (floats, whose text differs; subclasses; larger integers) goes to json."""
+    if _plain(content):
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate, which json writes as an escape
+            pass
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -(1 << 63) <= value < (1 << 64)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not (type(item) is str or item is None or _plain(item)):
+                return False
+        return True
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
 @dataclass(frozen=True)
 class Command:
     actor: str
 
     def request_hash(self) -> str:
-        content = {f.name: canonical(getattr(self, f.name)) for f in fields(self) if f.name != "actor"}
+        names = _hashed_fields.get(type(self))
+        if names is None:
+            names = _hashed_fields[type(self)] = tuple(f.name for f in fields(self) if f.name != "actor")
+        content = {name: canonical(getattr(self, name)) for name in names}
         content["command"] = type(self).__name__
-        encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(encoded.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+_hashed_fields: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True)
