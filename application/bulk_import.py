@@ -160,7 +160,7 @@ def import_purchases(
             batch.clear()
 
         for number, row, unreadable in sorted_stream(read_rows(stream, kind), _by_member, run_size,
-                                                     encode=json.dumps, decode=_read_back):
+                                                     encode=_compact, decode=_read_back):
             summary.rows += 1
             if row is None:
                 refuse(number, f"malformed-row: {unreadable}", None)
@@ -178,9 +178,13 @@ def import_purchases(
             flush()
         refused.seek(0)
         for number, reason, row in sorted_stream(map(json.loads, refused), _by_line, run_size,
-                                                 encode=json.dumps, decode=json.loads):
+                                                 encode=_compact, decode=json.loads):
             summary.reject(rejects, number, reason, row)
     return summary
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _read_back(line: str) -> Read:
