@@ -19,31 +19,34 @@ def sorted_stream(items: Iterable[T], key: Callable[[T], Any], run_size: int, *,
                   encode: Callable[[T], str], decode: Callable[[str], T]) -> Iterator[T]:
     """`items` in the order of `key`, equal keys in their order in `items`, holding at most
     `run_size` items in memory (one more while a full run is written; one for each run while
-    they are merged). A single run never
-    touches the disk. `encode` writes an item as one line of text (no newline in it), `decode`
+    they are merged). A single run never touches the disk: the temporary directory is made only
+    for a second run. `encode` writes an item as one line of text (no newline in it), `decode`
     reads it back."""
-    with tempfile.TemporaryDirectory(prefix="loyalty-sort-") as directory:
+    with ExitStack() as cleanup:
+        directory: Path | None = None
         runs: list[Path] = []
         run: list[T] = []
         for item in items:
             if len(run) >= run_size:  # written only once more items come: exactly a run stays in memory
+                if directory is None:
+                    directory = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="loyalty-sort-")))
                 run.sort(key=key)
-                runs.append(_write(run, Path(directory), len(runs), encode))
+                runs.append(_write(run, directory, len(runs), encode))
                 run = []
             run.append(item)
         run.sort(key=key)
-        if not runs:
+        if directory is None:
             yield from run
             return
         if run:
-            runs.append(_write(run, Path(directory), len(runs), encode))
+            runs.append(_write(run, directory, len(runs), encode))
         del run
         made = len(runs)
         while len(runs) > FAN_IN:
             # The earliest runs, merged, stay first: equal keys keep their order.
             with ExitStack() as files:
                 merged = heapq.merge(*(_read(files, path, decode) for path in runs[:FAN_IN]), key=key)
-                first = _write(merged, Path(directory), made, encode)
+                first = _write(merged, directory, made, encode)
             made += 1
             for path in runs[:FAN_IN]:
                 path.unlink()

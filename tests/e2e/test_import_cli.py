@@ -11,6 +11,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from domain.member import Member, replay_member
 from test_ledger_story import START, Clock, open_ledger, set_up
 
@@ -59,7 +61,10 @@ def test_a_bad_option_is_one_line_and_changes_nothing(database_url: str, tmp_pat
     assert not Path(f"{path}.rejects.jsonl").exists()
 
 
-def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the importer's temporary files go here
     path = tmp_path / "purchases.csv"
     path.write_text("transaction_id,member_id,store_id,amount,currency,occurred_at\nt-1,m-1,g-1,1.00,EUR,\n")
     (tmp_path / "a-directory.db").mkdir()
@@ -73,3 +78,4 @@ def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     lines = unreachable.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: database error: ") and "LOYALTY_DATABASE_URL" in lines[0]
     assert not Path(f"{path}.rejects.jsonl").exists() and not list(tmp_path.glob("*.part*"))
+    assert not list(scratch.iterdir()), "the stopped workers had nothing on disk yet"

@@ -66,11 +66,16 @@ def test_memory_holds_at_most_a_run_while_reading() -> None:
     assert source.most_held == 51 and len(written) == 1000
 
 
-def test_a_single_run_never_touches_the_disk_even_a_full_one() -> None:
+def test_a_single_run_never_touches_the_disk_even_a_full_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
     def refuse(item: Any) -> str:
         raise AssertionError("written to disk")
 
-    assert list(sorted_stream([[3], [1], [2]], key, 3, encode=refuse, decode=json.loads)) == [[1], [2], [3]]
+    stream = sorted_stream(iter([[3], [1], [2]]), key, 3, encode=refuse, decode=json.loads)
+    assert next(stream) == [1]
+    assert not list(tmp_path.iterdir()), "no temporary directory for a single run"
+    assert list(stream) == [[2], [3]]
 
 
 @pytest.mark.parametrize("stop_after", [0, 5, None])
