@@ -5,6 +5,7 @@ why it failed."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -121,7 +122,11 @@ def _run_forked(module: str, option: dict[str, Any], env: dict[str, str], fds: t
     try:
         for fd in close:
             os.close(fd)
-        for target, fd in enumerate(fds):
+        # Above 2 first: a pipe may have got fd 0, 1 or 2 if this process started with one closed.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        for target, fd in enumerate(high):
             os.dup2(fd, target)
             os.close(fd)
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115

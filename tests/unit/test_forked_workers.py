@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from infrastructure.config import Config
@@ -113,3 +114,27 @@ def test_with_another_thread_running_workers_are_new_interpreters_instead() -> N
     finally:
         stop.set()
         other.join()
+
+
+def test_workers_of_a_process_started_with_stdin_closed_still_get_their_rows(tmp_path: Path) -> None:
+    """With fd 0 closed, a worker's pipe is given fd 0: it must still become the worker's stdin."""
+    (tmp_path / "echo_worker.py").write_text(
+        "import sys\n"
+        "def run_worker(options):\n"
+        "    print('got ' + ','.join(line.strip() for line in sys.stdin), flush=True)\n")
+    script = (
+        "import os, sys\n"
+        "os.close(0)\n"
+        f"sys.path[:0] = [{str(tmp_path)!r}, {str(Path.cwd())!r}]\n"
+        "from infrastructure.config import Config\n"
+        "from infrastructure.worker_processes import Forked, WorkerProcesses\n"
+        "heard = []\n"
+        "pool = WorkerProcesses('echo_worker', [{}], Config.from_env({'LOYALTY_DATABASE_URL': 'sqlite:///x.db'}),\n"
+        "                       on_line=lambda i, k, v: heard.append((k, v)), stdin=True, fork=True)\n"
+        "assert isinstance(pool.processes[0], Forked)\n"
+        "pool.processes[0].stdin.write('a\\nb\\n')\n"
+        "pool.processes[0].stdin.close()\n"
+        "pool.wait()\n"
+        "print(pool.processes[0].returncode, heard, pool.tails)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "0 [('got', 'a,b')] [[]]", (result.stdout, result.stderr)
