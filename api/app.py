@@ -23,6 +23,7 @@ from application.ledger import Ledger
 from domain.errors import DomainError
 from infrastructure.config import Config
 from infrastructure.group_commit import CommitQueue
+from infrastructure.key_reads import KeyReads
 from projections.read_model import ReadModel
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of 1000 purchases fits well inside
@@ -54,7 +55,7 @@ class LedgerApi(Api):
 
 
 def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadModel | None = None,
-               committer: CommitQueue | None = None) -> Flask:
+               committer: CommitQueue | None = None, key_reads: KeyReads | None = None) -> Flask:
     """Builds the app on `ledger` and `read_model`, or on new ones for `config` (schema and
     projection tables already created by the caller)."""
     if ledger is None:
@@ -78,6 +79,7 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
     app.extensions["ledger"] = ledger
     app.extensions["read_model"] = read_model
     app.extensions["committer"] = committer
+    app.extensions["key_reads"] = key_reads
     api = LedgerApi(app, spec_kwargs={
         "security": [{"bearerAuth": []}],
         "info": {"description": "The loyalty points ledger's HTTP API. Errors are application/problem+json."},

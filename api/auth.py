@@ -22,8 +22,9 @@ def current_principal() -> Principal:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise Unauthenticated("send an API key as 'Authorization: Bearer <key>'")
+        key_reads = current_app.extensions.get("key_reads")  # a server reads concurrent requests' keys together
         principal = current_app.extensions["ledger"].authenticate(
-            presented.strip(), current_app.config["LOYALTY"].admin_key)
+            presented.strip(), current_app.config["LOYALTY"].admin_key, key_reads.read if key_reads else None)
         if principal is None:
             raise Unauthenticated("the API key is not valid or was revoked")
         g.principal = principal

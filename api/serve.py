@@ -54,8 +54,9 @@ class LedgerServer(BaseApplication):
             # Every worker runs a runner; the locked position row makes them take turns.
             start_in_background(ledger, read_model.store)
         from infrastructure.group_commit import CommitQueue
+        from infrastructure.key_reads import KeyReads
 
-        return create_app(self.config_object, ledger, read_model, CommitQueue(ledger))
+        return create_app(self.config_object, ledger, read_model, CommitQueue(ledger), KeyReads(ledger))
 
 
 def default_server_workers(config: Config) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from application.commands import Command, Outcome
 from application.errors import InvalidRequest, NotFound
@@ -76,9 +78,9 @@ def parse_key(presented: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def authenticate(uow: UnitOfWork, presented: str, admin_key: str | None) -> Principal | None:
-    """The principal for a presented key, or None. Reads the key's latest events every time,
-    so a revocation takes effect at once, in every process."""
+def authenticate(presented: str, admin_key: str | None, read_key: Callable[[UUID], ApiKey | None]) -> Principal | None:
+    """The principal for a presented key, or None. `read_key` must read the key's latest events
+    every time, so that a revocation takes effect at once, in every process."""
     if admin_key and hmac.compare_digest(presented.encode(), admin_key.encode()):
         return Principal(key_id=BOOTSTRAP_KEY_ID, role="admin")
     parsed = parse_key(presented)
@@ -86,9 +88,10 @@ def authenticate(uow: UnitOfWork, presented: str, admin_key: str | None) -> Prin
         return None
     key_id, secret = parsed
     try:
-        key = uow.find_uncached(ApiKey, ApiKey.create_id(key_id))
+        aggregate_id = ApiKey.create_id(key_id)
     except InvalidIdentifier:
         return None
+    key = read_key(aggregate_id)
     if key is None or not key.accepts(secret):
         return None
     return Principal(key_id=key.key_id, role=key.role, partner_id=key.partner_id)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
@@ -18,6 +19,7 @@ from application.access import ACCESS_HANDLERS, Principal, authenticate
 from application.handlers import LEDGER_HANDLERS, member_for_card, prefetch, require_program
 from application.unit_of_work import UnitOfWork, mutate_all
 from application.views import json_value, member_view, program_view, rfc3339
+from domain.api_key import ApiKey
 from domain.errors import DomainError
 from domain.identity import member_id_to_uuid, partner_id_to_uuid
 from domain.partner import Partner
@@ -236,8 +238,15 @@ class Ledger(Application):
         program_id = self.partner_program(partner_id)
         return UnitOfWork(self).find(Receipt, Receipt.create_id("posting", [program_id, partner_id, transaction_id]))
 
-    def authenticate(self, presented: str, admin_key: str | None) -> Principal | None:
-        return authenticate(UnitOfWork(self), presented, admin_key)
+    def authenticate(self, presented: str, admin_key: str | None,
+                     read_key: Callable[[UUID], ApiKey | None] | None = None) -> Principal | None:
+        """`read_key`: how to read the presented key from the store (a server process reads
+        concurrent requests' keys together: infrastructure/key_reads.py); by default alone."""
+        return authenticate(presented, admin_key, read_key or (lambda key_id: self.api_keys([key_id]).get(key_id)))
+
+    def api_keys(self, ids: Iterable[UUID]) -> dict[UUID, ApiKey]:
+        """The API keys as stored now, past every cache (revocations count at once), in one read."""
+        return UnitOfWork(self).find_many_uncached(ApiKey, ids)
 
     def get_member(self, member_id: str) -> Member:
         try:

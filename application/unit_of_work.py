@@ -61,10 +61,27 @@ class UnitOfWork:
         """Straight from the event store, past the cache and its per-aggregate fast-forward lock,
         which would make every request's read of one hot, tiny aggregate (an API key) wait in
         line for the others'."""
-        stored = stored_after(self._app.recorder, {aggregate_id: 0})  # one round trip on PostgreSQL
-        events = self._app.events.get(aggregate_id) if stored is None else map(self._app.mapper.to_domain_event, stored)
-        aggregate = mutate_all(None, events)
-        return aggregate if isinstance(aggregate, cls) else None
+        return self.find_many_uncached(cls, [aggregate_id]).get(aggregate_id)
+
+    def find_many_uncached(self, cls: type[A], ids: Iterable[UUID]) -> dict[UUID, A]:
+        """{id: aggregate} for those of `ids` that exist as `cls`, straight from the event store
+        (as find_uncached), all in one round trip on PostgreSQL."""
+        wanted = list(dict.fromkeys(ids))
+        stored = stored_after(self._app.recorder, dict.fromkeys(wanted, 0))
+        histories: dict[UUID, Iterable[Any]]
+        if stored is None:
+            histories = {i: self._app.events.get(i) for i in wanted}
+        else:
+            histories = {}
+            for record in stored:
+                histories.setdefault(record.originator_id, []).append(record)  # type: ignore[union-attr]
+            histories = {i: map(self._app.mapper.to_domain_event, events) for i, events in histories.items()}
+        found: dict[UUID, A] = {}
+        for aggregate_id, events in histories.items():
+            aggregate = mutate_all(None, events)
+            if isinstance(aggregate, cls):
+                found[aggregate_id] = aggregate
+        return found
 
     def reread_absent(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """An aggregate this unit found absent, read from the store now; one it holds, as it is."""
