@@ -97,7 +97,9 @@ def test_an_import_killed_midway_completes_exactly_once_when_run_again(database_
     path.write_text("\n".join(purchase_line(i) for i in range(6000)) + "\n")
     ledger = open_ledger(database_url, Clock(START + timedelta(days=1)), create_schema=False)
     before = ledger.recorder.max_notification_id() or 0
-    env = {**os.environ, "LOYALTY_DATABASE_URL": database_url, "LOYALTY_LOG_FORMAT": "console"}
+    scratch = tmp_path / "tmp"  # a killed importer cannot remove its sorted runs: they are left here
+    scratch.mkdir()
+    env = {**os.environ, "LOYALTY_DATABASE_URL": database_url, "LOYALTY_LOG_FORMAT": "console", "TMPDIR": str(scratch)}
     importer = subprocess.Popen([sys.executable, "-m", "api.cli", "import", "purchases", str(path), "--partner",
                                  "grocer", "--workers", "2", "--batch-size", "100"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
