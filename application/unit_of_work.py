@@ -66,22 +66,11 @@ class UnitOfWork:
     def find_many_uncached(self, cls: type[A], ids: Iterable[UUID]) -> dict[UUID, A]:
         """{id: aggregate} for those of `ids` that exist as `cls`, straight from the event store
         (as find_uncached), all in one round trip on PostgreSQL."""
-        wanted = list(dict.fromkeys(ids))
-        stored = stored_after(self._app.recorder, dict.fromkeys(wanted, 0))
-        histories: dict[UUID, Iterable[Any]]
-        if stored is None:
-            histories = {i: self._app.events.get(i) for i in wanted}
-        else:
-            histories = {}
-            for record in stored:
-                histories.setdefault(record.originator_id, []).append(record)  # type: ignore[union-attr]
-            histories = {i: map(self._app.mapper.to_domain_event, events) for i, events in histories.items()}
-        found: dict[UUID, A] = {}
-        for aggregate_id, events in histories.items():
-            aggregate = mutate_all(None, events)
-            if isinstance(aggregate, cls):
-                found[aggregate_id] = aggregate
-        return found
+        wanted: dict[UUID, Aggregate | None] = dict.fromkeys(ids)
+        replayed = self._replayed(wanted)
+        if replayed is None:
+            replayed = {i: mutate_all(None, self._app.events.get(i)) for i in wanted}
+        return {i: aggregate for i, aggregate in replayed.items() if isinstance(aggregate, cls)}
 
     def reread_absent(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """An aggregate this unit found absent, read from the store now; one it holds, as it is."""
@@ -118,71 +107,64 @@ class UnitOfWork:
         versions = latest_versions(self._app.recorder, wanted)
         if versions is None:
             return
-        to_load = []
-        behind: dict[UUID, Aggregate] = {}
+        to_update: dict[UUID, Aggregate | None] = {}  # a cached copy behind the store, or None: not cached
         for aggregate_id in wanted:
             version = versions.get(aggregate_id)
             if version is None:
                 self._absent.add(aggregate_id)
                 continue
             cached = self._cached_copy(aggregate_id, version)
-            if cached is None:
-                to_load.append(aggregate_id)
-            elif cached.version < version:
-                behind[aggregate_id] = cached
-            else:
+            if cached is not None and cached.version == version:
                 self._aggregates[aggregate_id] = cached
+            else:
+                to_update[aggregate_id] = cached
         # In groups: the stored events read for a group are held only while it is replayed,
         # so what a load holds at once does not grow with the batch times its members' histories.
-        for offset in range(0, len(to_load), LOAD_GROUP):
-            self._load_many(to_load[offset:offset + LOAD_GROUP])
-        ids = list(behind)
+        ids = list(to_update)
         for offset in range(0, len(ids), LOAD_GROUP):
-            self._fast_forward({i: behind[i] for i in ids[offset:offset + LOAD_GROUP]})
+            self._bring_up_to_date({i: to_update[i] for i in ids[offset:offset + LOAD_GROUP]})
 
-    def _fast_forward(self, behind: dict[UUID, Aggregate]) -> None:
-        """Brings cached copies that another process has written past up to date with the events
-        after their versions, read for them all in one query, rather than loading each from its
-        newest snapshot again. With several server processes, the members a partner's batches
-        name are mostly changed by another process since this one cached them: replaying their
-        snapshots (a member's whole state) and up to a snapshot interval of events was three
-        fifths of a batch's time."""
+    def _bring_up_to_date(self, starts: dict[UUID, Aggregate | None]) -> None:
+        """Loads aggregates in two queries for them all: the newest snapshots of those not
+        cached, then the events after each one's snapshot or cached copy. A copy cached here
+        that another process has written past is carried on from its own version, not loaded
+        again: with several server processes, the members a partner's batches name are mostly
+        changed by another process since this one cached them, and replaying their snapshots
+        (a member's whole state) and up to a snapshot interval of events was three fifths of a
+        batch's time."""
         app = self._app
-        events = stored_after(app.recorder, {i: a.version for i, a in behind.items()})
-        if events is None:
-            self._load_many(list(behind))
-            return
-        newer: dict[UUID, list[Any]] = {}
-        for stored in events:
-            newer.setdefault(stored.originator_id, []).append(stored)
-        for aggregate_id, aggregate in behind.items():
-            # Each event checks that it follows the aggregate's version (the library's mutate).
-            self._aggregates[aggregate_id] = mutate_all(
-                aggregate, map(app.mapper.to_domain_event, newer.get(aggregate_id, ())))
-
-    def _load_many(self, ids: list[UUID]) -> None:
-        """Loads aggregates in two queries for them all: their newest snapshots, then the
-        events after those."""
-        app = self._app
-        snapshots = latest_stored(app.snapshots.recorder, ids) if app.snapshots is not None else {}
-        events = None if snapshots is None else stored_after(
-            app.recorder, {i: snapshots[i].originator_version if i in snapshots else 0 for i in ids})
-        if events is None:
-            for aggregate_id in ids:
+        uncached = [i for i, start in starts.items() if start is None]
+        snapshots = latest_stored(app.snapshots.recorder, uncached) if uncached and app.snapshots is not None else {}
+        replayed = None
+        if snapshots is not None:
+            for aggregate_id in uncached:
+                if aggregate_id in snapshots:
+                    starts[aggregate_id] = app.snapshots.mapper.to_domain_event(snapshots[aggregate_id]).mutate(None)
+            replayed = self._replayed(starts)
+        if replayed is None:
+            for aggregate_id in starts:
                 self.find(Aggregate, aggregate_id)
             return
-        histories: dict[UUID, list[Any]] = {}
-        for stored in events:
-            histories.setdefault(stored.originator_id, []).append(stored)
-        for aggregate_id in ids:
-            start = None
-            if aggregate_id in snapshots:
-                start = app.snapshots.mapper.to_domain_event(snapshots[aggregate_id]).mutate(None)
-            aggregate = mutate_all(start, map(app.mapper.to_domain_event, histories.get(aggregate_id, ())))
+        for aggregate_id, aggregate in replayed.items():
             if aggregate is None:
                 self._absent.add(aggregate_id)
             else:
                 self._aggregates[aggregate_id] = aggregate
+
+    def _replayed(self, starts: dict[UUID, Aggregate | None]) -> dict[UUID, Aggregate | None] | None:
+        """Each aggregate carried on from its start (None: from its first event) with the stored
+        events after the start's version, read for them all in one query; None where the store
+        offers no such query (the in-memory store)."""
+        app = self._app
+        stored = stored_after(app.recorder, {i: 0 if start is None else start.version for i, start in starts.items()})
+        if stored is None:
+            return None
+        histories: dict[UUID, list[Any]] = {}
+        for record in stored:
+            histories.setdefault(record.originator_id, []).append(record)
+        # Each event checks that it follows the aggregate's version (the library's mutate).
+        return {i: mutate_all(start, map(app.mapper.to_domain_event, histories.get(i, ())))
+                for i, start in starts.items()}
 
     def _cached_copy(self, aggregate_id: UUID, version: int) -> Aggregate | None:
         repository = self._app.repository
