@@ -10,7 +10,8 @@ during which every other process's save waited for the lock.
 Here BEGIN, LOCK, NOTIFY, INSERT and COMMIT go in one pipeline with one sync: the server runs
 them back to back and the lock is released as soon as the commit is durable. A failed INSERT
 (a version clash or a duplicate: IntegrityError) aborts the pipeline, so its COMMIT never
-runs; the transaction is rolled back and the error raised as before. What is stored, the
+runs; the transaction is rolled back and the error raised as before, even when PostgreSQL
+sent that error ahead of the sync and it surfaced while the COMMIT was being sent. What is stored, the
 statements, the lock and the notification ids returned are the library's own.
 """
 
@@ -36,11 +37,13 @@ def use_pipelined_commit(recorder: Any) -> None:
     def insert_events(stored_events: Sequence[Any], **kwargs: Any) -> Sequence[int] | None:
         if not stored_events:
             return library_insert_events(stored_events, **kwargs)
-        error: BaseException | None = None
         ids: Sequence[int] | None = None
         with recorder.datastore.get_connection() as conn:
-            with conn.pipeline() as pipeline:
-                try:
+            try:
+                # The block's error leaves through the pipeline's `with`: on its way out the
+                # pipeline collects what is still to come (the aborted COMMIT's result, when
+                # PostgreSQL sent the INSERT's error before the sync) without raising over it.
+                with conn.pipeline() as pipeline:
                     conn.execute("BEGIN")
                     with conn.cursor() as curs:  # the library's hook for a subclass's own rows (tracking)
                         recorder._insert_events(curs, stored_events, **kwargs)  # noqa: SLF001
@@ -49,12 +52,10 @@ def use_pipelined_commit(recorder: Any) -> None:
                         conn.execute("COMMIT")
                         pipeline.sync()
                         ids = recorder._fetch_ids_after_insert_events(curs, stored_events, **kwargs)  # noqa: SLF001
-                except BaseException as caught:  # noqa: BLE001 - raised below, once the pipeline is closed
-                    error = caught
-            if error is not None:
+            except BaseException:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     conn.rollback()
-                raise error
+                raise
         return ids
 
     recorder.insert_events = insert_events

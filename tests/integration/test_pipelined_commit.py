@@ -4,6 +4,7 @@ library's IntegrityError and leaves nothing behind, and the connection goes back
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -53,3 +54,28 @@ def test_the_librarys_hook_for_a_recorders_own_rows_commits_with_the_events_or_n
         postgres_ledger.recorder.insert_events([stored(uuid.uuid4(), 1), stored(originator, 2)])
     with postgres_ledger.recorder.datastore.get_connection() as connection:
         assert [row["events"] for row in connection.execute(f'SELECT events FROM "{schema}".side')] == [2]
+
+
+def test_a_clash_whose_error_arrives_before_the_commit_is_sent_still_raises_integrity_error(postgres_ledger) -> None:
+    """PostgreSQL sends an error at once, without waiting for the pipeline's sync: a busy process
+    that is slow to send the COMMIT meets the INSERT's error while sending it, with the COMMIT's
+    own (aborted) result still to come. That must still be the clash (IntegrityError, which the
+    caller resolves), not a pipeline error that the save's retry loop repeats until it gives up."""
+    recorder = postgres_ledger.recorder
+    library_insert = recorder._insert_stored_events  # noqa: SLF001
+
+    def insert_then_stall(curs, stored_events, **kwargs):  # the process losing the CPU for a while
+        library_insert(curs, stored_events, **kwargs)
+        time.sleep(0.3)
+
+    originator = uuid.uuid4()
+    recorder.insert_events([stored(originator, 1)])
+    head = recorder.max_notification_id()
+    recorder._insert_stored_events = insert_then_stall  # noqa: SLF001
+    with pytest.raises(IntegrityError):
+        recorder.insert_events([stored(originator, 1)])
+    assert recorder.max_notification_id() == head
+    for _ in range(recorder.datastore.pool.max_size + 1):
+        with recorder.datastore.get_connection() as connection:
+            assert connection.info.transaction_status == TransactionStatus.IDLE
+    assert recorder.insert_events([stored(originator, 2)])
