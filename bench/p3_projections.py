@@ -44,12 +44,13 @@ def raw_read(ledger: Any, page: int) -> dict[str, Any]:
     return {"events": count, "elapsed_s": round(elapsed, 3), "events_per_s": round(count / elapsed, 1)}
 
 
-def rebuild(database: Database, runs: int) -> dict[str, Any]:
+def rebuild(database: Database, runs: int, one_process: bool = True, per_projection: bool = True) -> dict[str, Any]:
     """The rebuild of all projections that `loyalty projections rebuild` runs (from run 9: in
     worker processes, by default one per CPU, infrastructure/rebuild_workers.py), alternating
     with the raw read and with the one-process rebuild (ProjectionRunner.rebuild(), what
     `--workers 1` and SQLite run), `runs` times each, in this process, with the collector set
-    as the command line sets it (infrastructure/gc_tuning.py)."""
+    as the command line sets it (infrastructure/gc_tuning.py). P5 calls it on its larger log
+    without the one-process rebuild and the per-projection ones (from run 16)."""
     from infrastructure.config import Config
     from infrastructure.gc_tuning import tune_gc
     from infrastructure.rebuild_workers import rebuild_in_processes
@@ -67,8 +68,10 @@ def rebuild(database: Database, runs: int) -> dict[str, Any]:
                                    "per_projection": []}
         for index in range(runs):
             results["raw"].append(raw_read(ledger, runner.batch_size))
-            for key, how in (("rebuild", lambda: rebuild_in_processes(config, runner, None, workers=workers)),
-                             ("rebuild_one_process", runner.rebuild)):
+            hows = [("rebuild", lambda: rebuild_in_processes(config, runner, None, workers=workers))]
+            if one_process:
+                hows.append(("rebuild_one_process", runner.rebuild))
+            for key, how in hows:
                 groups: dict[str, list[int]] = {}
                 cpu_before, children_before = cpu_ticks(groups), os.times()
                 started = time.perf_counter()
@@ -83,19 +86,20 @@ def rebuild(database: Database, runs: int) -> dict[str, Any]:
                 cpu["other"] = round(cpu["other"] - cpu["rebuild_workers"], 2)
                 results[key].append({"events": applied, "elapsed_s": round(elapsed, 3),
                                      "events_per_s": round(applied / elapsed, 1), "cpu_cores_used": cpu})
+            one = (f", one process {results['rebuild_one_process'][-1]['events_per_s']:,.0f}/s" if one_process else "")
             log(f"P3 rebuild run {index}: {applied:,} events; {workers} workers "
-                f"{results['rebuild'][-1]['events_per_s']:,.0f}/s, one process "
-                f"{results['rebuild_one_process'][-1]['events_per_s']:,.0f}/s; "
+                f"{results['rebuild'][-1]['events_per_s']:,.0f}/s{one}; "
                 f"raw read {results['raw'][-1]['events_per_s']:,.0f}/s")
         # Once, for evidence of where the time goes: each projection rebuilt alone.
         per: dict[str, Any] = {}
-        for projection in runner.projections:
+        for projection in runner.projections if per_projection else ():
             started = time.perf_counter()
             applied = runner.rebuild([projection.name])
             elapsed = time.perf_counter() - started
             per[projection.name] = {"events": applied, "elapsed_s": round(elapsed, 3),
                                     "events_per_s": round(applied / elapsed, 1)}
-        results["per_projection"].append(per)
+        if per:
+            results["per_projection"].append(per)
         return results
     finally:
         ledger.close()
