@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from application.errors import ApplicationError
-
-
-class Unauthenticated(ApplicationError):
-    slug = "unauthenticated"
+from application.errors import ApplicationError, Unauthenticated
 
 
 class Forbidden(ApplicationError):
     slug = "forbidden"
+
+
+__all__ = ["Forbidden", "Unauthenticated"]

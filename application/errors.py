@@ -41,3 +41,10 @@ class Contention(ApplicationError):
     """Optimistic retries ran out: too many writers on one member at once. Safe to retry."""
 
     slug = "contention"
+
+
+class Unauthenticated(ApplicationError):
+    """The key presented is not (or no longer) valid: a revocation seen by the batch that would
+    have committed the command."""
+
+    slug = "unauthenticated"

@@ -10,7 +10,7 @@ so a member that already shows the posting implies its receipt is visible too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, uuid4, uuid5
@@ -459,7 +459,7 @@ LEDGER_HANDLERS: dict[type, Handler] = {
 
 # ---- batch reads ----------------------------------------------------------------------------
 
-def prefetch(uow: UnitOfWork, commands: list[Command]) -> None:
+def prefetch(uow: UnitOfWork, commands: list[Command], also: Sequence[Any] = ()) -> None:
     """Loads what a batch of postings or enrolments will look at in two queries instead of
     several per command: first partners and members (and an enrolment's program and card), then
     (knowing the partners' programs) the programs, cards and receipts. Only an optimisation: handlers still find (and validate) everything
@@ -468,8 +468,9 @@ def prefetch(uow: UnitOfWork, commands: list[Command]) -> None:
     A partner's program and a member's id never change once created, so where this process
     has the partner or member cached, the second query's ids are known at once and asked for
     in the first: a batch from known partners costs one query. In a busy server every round
-    trip also costs the committer a wait for the GIL, on every caller's critical path."""
-    first: list[Any] = []
+    trip also costs the committer a wait for the GIL, on every caller's critical path. `also`:
+    more aggregate ids to read in the first query."""
+    first: list[Any] = list(also)  # other aggregates the batch reads (the callers' API keys)
     for cmd in commands:
         first += _quietly(_first_ids, cmd)
     if not first:

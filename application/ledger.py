@@ -14,7 +14,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcodin
 from eventsourcing.utils import get_topic
 
 from application.commands import Command, Outcome
-from application.errors import ApplicationError, Contention, NotFound
+from application.errors import ApplicationError, Contention, NotFound, Unauthenticated
 from application.access import ACCESS_HANDLERS, Principal, authenticate
 from application.handlers import LEDGER_HANDLERS, member_for_card, prefetch, require_program
 from application.unit_of_work import UnitOfWork, mutate_all
@@ -140,32 +140,45 @@ class Ledger(Application):
             return outcome
         raise Contention(f"gave up after {MAX_ATTEMPTS} attempts: too many concurrent writes on one member")
 
-    def execute_batch(self, commands: Sequence[Command]) -> list[Outcome | DomainError | ApplicationError]:
+    def execute_batch(self, commands: Sequence[Command], keys: Sequence[UUID | None] | None = None,
+                      ) -> list[Outcome | DomainError | ApplicationError]:
         """Runs many commands and commits them in one transaction (group commit), each judged as
         if alone: a refused command is reported and left out. If another process wrote one of the
         batch's aggregates first (IntegrityError), the whole batch runs again on fresh state, up to
         BATCH_ATTEMPTS times; then, or if a refused command left changes behind, each command is
-        retried on its own."""
+        retried on its own.
+
+        `keys`, beside the commands: the API key (aggregate id) each command's caller presented,
+        where it still has to be confirmed. The batch reads those keys as stored now, with the
+        aggregates it reads anyway (a cached key costs no more than one more id in that query),
+        and answers a command whose key is revoked or gone with Unauthenticated, unrun."""
         if not commands:
             return []
+        keys = list(keys) if keys is not None else [None] * len(commands)
         for attempt in range(BATCH_ATTEMPTS):
             try:
-                return self._execute_batch_once(commands)
+                return self._execute_batch_once(commands, keys)
             except IntegrityError:
                 # The other writer has committed by now: one more whole batch usually gets through,
                 # where retrying each command alone costs a save per command.
                 time.sleep(random.uniform(0, 0.002 * 2 ** attempt))
             except _PoisonedBatch:
                 break
-        return [self._execute_caught(command) for command in commands]
+        fresh = self.api_keys({key for key in keys if key is not None})
+        return [self._execute_caught(command) if key is None or _accepted(fresh.get(key)) else _NOT_ACCEPTED()
+                for command, key in zip(commands, keys)]
 
-    def _execute_batch_once(self, commands: Sequence[Command]) -> list[Outcome | DomainError | ApplicationError]:
+    def _execute_batch_once(self, commands: Sequence[Command], keys: list[UUID | None],
+                            ) -> list[Outcome | DomainError | ApplicationError]:
         uow = UnitOfWork(self)
         now = self.clock()
         results: list[Outcome | DomainError | ApplicationError] = []
         try:
-            prefetch(uow, list(commands))
-            for command in commands:
+            prefetch(uow, list(commands), also=[key for key in keys if key is not None])
+            for command, key in zip(commands, keys):
+                if key is not None and not _accepted(uow.find(ApiKey, key)):
+                    results.append(_NOT_ACCEPTED())
+                    continue
                 uow.begin_command()
                 try:
                     results.append(HANDLERS[type(command)](uow, command, now))
@@ -245,8 +258,22 @@ class Ledger(Application):
         return authenticate(presented, admin_key, read_key or (lambda key_id: self.api_keys([key_id]).get(key_id)))
 
     def api_keys(self, ids: Iterable[UUID]) -> dict[UUID, ApiKey]:
-        """The API keys as stored now, past every cache (revocations count at once), in one read."""
-        return UnitOfWork(self).find_many_uncached(ApiKey, ids)
+        """The API keys as stored now, past every cache (revocations count at once), in one read.
+        What it read is cached, for `cached_api_key` and for a batch confirming keys to check
+        without loading them again."""
+        keys = UnitOfWork(self).find_many_uncached(ApiKey, ids)
+        cache = self.repository.cache
+        if cache:
+            for aggregate_id, key in keys.items():
+                held = UnitOfWork(self).cached(ApiKey, aggregate_id)
+                if held is None or held.version <= key.version:  # never an older copy over a newer one
+                    cache.put(aggregate_id, key)
+        return keys
+
+    def cached_api_key(self, aggregate_id: UUID) -> ApiKey | None:
+        """This process's copy of a key as last read or checked, unconfirmed: a key used this way
+        must be confirmed by the batch that commits its caller's command (`execute_batch`'s keys)."""
+        return UnitOfWork(self).cached(ApiKey, aggregate_id)
 
     def get_member(self, member_id: str) -> Member:
         try:
@@ -320,3 +347,13 @@ class Ledger(Application):
                 "data": json_value(data),
             })
         return history
+
+
+def _accepted(key: ApiKey | None) -> bool:
+    """A key confirmed as stored now: it exists and is not revoked (its secret, which never
+    changes, was checked against the copy its caller was admitted with)."""
+    return key is not None and not key.revoked
+
+
+def _NOT_ACCEPTED() -> Unauthenticated:  # noqa: N802 - a fresh error for each refused command
+    return Unauthenticated("the API key is not valid or was revoked")

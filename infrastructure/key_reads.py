@@ -6,7 +6,9 @@ key; a partner's tills mostly share one key, so a batch of requests is mostly on
 
 Why: each request reading its own key cost it a pooled connection and a round trip, whose reply
 a busy process then waits for the GIL to take in; with those reads it carried 275-295 single
-purchases/s, with none at all 356-394/s (4 workers x 16 threads, 16 clients, BENCHMARKS.md)."""
+purchases/s, with none at all 356-394/s (4 workers x 16 threads, 16 clients, BENCHMARKS.md).
+Purchases and returns whose key this process already holds skip this read: the batch that
+commits them checks the key instead (api/auth.py, Ledger.execute_batch's keys)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 
+from api.auth import key_confirmed, unconfirmed_key
 from application.commands import Command, Outcome
 from application.ledger import Ledger
 
@@ -26,6 +27,12 @@ def respond(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 def run(command: Command) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Executes a write: through the process's group-commit queue when the server has one."""
+    """Executes a write: through the process's group-commit queue when the server has one,
+    which also confirms the caller's key where that is still to be done (api/auth.py)."""
     committer = current_app.extensions.get("committer")
-    return respond(committer.execute(command) if committer is not None else ledger().execute(command))
+    if committer is None:
+        return respond(ledger().execute(command))
+    key = unconfirmed_key()
+    outcome = committer.execute(command, key)
+    key_confirmed()  # the batch found the key as stored valid, or raised Unauthenticated
+    return respond(outcome)

@@ -35,7 +35,7 @@ def purchase_command(body: dict[str, Any]) -> RecordPurchase:
 
 @blp.route("/purchases")
 class Purchases(MethodView):
-    @requires("partner", "admin")
+    @requires("partner", "admin", confirm_in_commit=True)
     @blp.arguments(PurchaseCreateSchema())
     @blp.response(201, PurchaseSchema)
     def post(self, body: dict[str, Any]) -> Any:
@@ -91,7 +91,7 @@ def item(transaction_id: str | None, slug: str, detail: str | None = None,
 
 @blp.route("/returns")
 class Returns(MethodView):
-    @requires("partner", "admin")
+    @requires("partner", "admin", confirm_in_commit=True)
     @blp.arguments(ReturnCreateSchema())
     @blp.response(201, ReturnSchema)
     def post(self, body: dict[str, Any]) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import secrets
 import sqlite3
@@ -586,6 +587,82 @@ def test_a_revoked_key_stops_working_at_once_in_every_worker(coalition: Ctx, ser
     expect(ctx.root.delete(f"/v1/api-keys/{till_id}"), 204)
     expect(ctx.client(PARTNER_A).get("/v1/members/ann"), 200)
     expect(till.get("/v1/members/ann"), 401, "unauthenticated")
+
+
+def pinned_post(connection: http.client.HTTPConnection, key: str, body: dict[str, Any],
+                path: str = "/v1/purchases") -> tuple[int, str | None]:
+    """(status, problem type) of a POST on this kept-alive connection."""
+    connection.request("POST", path, body=json.dumps(body),
+                       headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    reply = connection.getresponse()
+    payload = reply.read()
+    kind = json.loads(payload).get("type") if payload and reply.status >= 400 else None
+    return reply.status, kind
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="maps connections to workers through Linux /proc")
+@pytest.mark.parametrize("ending", ["valid purchase", "invalid body", "another partner", "replay", "return"])
+def test_a_revoked_key_is_refused_on_the_purchase_path_in_every_worker(coalition: Ctx, server: Server,
+                                                                        ending: str) -> None:
+    """Purchases and returns admit a caller on the worker's own copy of its key and leave the
+    confirmation to the batch that commits the command (api/auth.py). Each worker has posted
+    with the key (so holds a copy that admits it) when the key is revoked; the first request
+    after that on each worker is 401 and stores nothing, however it would otherwise have ended:
+    a purchase (201), a body that is not valid (422), another partner named (403), a replay of
+    a stored purchase (201), a return (201)."""
+    ctx = coalition
+    till_key, till_id = issue_key(ctx.root, "partner", "grocer")
+    workers = worker_pids(server.process.pid)
+    assert len(workers) == 2, f"expected gunicorn's two workers under {server.process.pid}: {workers}"
+    port = int(server.base_url.rsplit(":", 1)[1])
+    tag = ending.replace(" ", "-")
+
+    def purchase(transaction_id: str, **extra: Any) -> dict[str, Any]:
+        return {"transaction_id": f"{tag}-{transaction_id}", "member_id": "ann", "store_id": "g-1",
+                "amount": "2.00", "currency": "EUR", **extra}
+
+    pinned: dict[int, http.client.HTTPConnection] = {}
+    spare: list[http.client.HTTPConnection] = []
+    posted: dict[int, str] = {}
+    try:
+        for attempt in range(60):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert pinned_post(connection, till_key, purchase(f"pin-{attempt}")) == (201, None)
+            pid = serving_worker(connection, port, workers)
+            if pid is not None and pid not in pinned:
+                pinned[pid] = connection
+                posted[pid] = f"pin-{attempt}"
+            else:
+                spare.append(connection)
+            if len(pinned) == len(workers):
+                break
+        assert sorted(pinned) == workers, f"could not reach both workers: {sorted(pinned)} of {workers}"
+        for pid, connection in pinned.items():  # each worker admits the key on its copy now
+            assert pinned_post(connection, till_key, purchase(f"warm-{pid}")) == (201, None), pid
+        expect(ctx.root.delete(f"/v1/api-keys/{till_id}"), 204)
+        before = head(ctx)
+
+        def first_after(pid: int) -> tuple[int, str | None]:
+            connection = pinned[pid]
+            if ending == "valid purchase":
+                return pinned_post(connection, till_key, purchase(f"after-{pid}"))
+            if ending == "invalid body":
+                return pinned_post(connection, till_key, purchase(f"bad-{pid}", amount="not money"))
+            if ending == "another partner":
+                return pinned_post(connection, till_key, purchase(f"other-{pid}", partner_id="baker"))
+            if ending == "replay":
+                return pinned_post(connection, till_key, purchase(posted[pid]))
+            return pinned_post(connection, till_key, {"transaction_id": f"{tag}-ret-{pid}", "amount": "1.00",
+                                                      "original_transaction_id": f"{tag}-{posted[pid]}"},
+                               path="/v1/returns")
+
+        answers = {pid: first_after(pid) for pid in pinned}
+        assert answers == dict.fromkeys(workers, (401, "unauthenticated")), answers
+        assert all(serving_worker(c, port, workers) == pid for pid, c in pinned.items()), "connections moved"
+        assert head(ctx) == before
+    finally:
+        for connection in [*pinned.values(), *spare]:
+            connection.close()
 
 
 # ---- the served description of who needs a key -----------------------------------------------------------
