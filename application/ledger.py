@@ -164,7 +164,8 @@ class Ledger(Application):
                 time.sleep(random.uniform(0, 0.002 * 2 ** attempt))
             except _PoisonedBatch:
                 break
-        fresh = self.api_keys({key for key in keys if key is not None})
+        wanted = {key for key in keys if key is not None}
+        fresh = self.api_keys(wanted) if wanted else {}
         return [self._execute_caught(command) if key is None or _accepted(fresh.get(key)) else _NOT_ACCEPTED()
                 for command, key in zip(commands, keys)]
 
@@ -265,7 +266,7 @@ class Ledger(Application):
         cache = self.repository.cache
         if cache:
             for aggregate_id, key in keys.items():
-                held = UnitOfWork(self).cached(ApiKey, aggregate_id)
+                held = self.cached_api_key(aggregate_id)
                 if held is None or held.version <= key.version:  # never an older copy over a newer one
                     cache.put(aggregate_id, key)
         return keys

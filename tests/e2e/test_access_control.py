@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -525,6 +525,25 @@ def pinned_request(connection: http.client.HTTPConnection, key: str, path: str =
     return reply.status
 
 
+def pin_every_worker(port: int, workers: list[int], serve: Callable[[http.client.HTTPConnection, int], None],
+                     ) -> tuple[dict[int, http.client.HTTPConnection], list[http.client.HTTPConnection]]:
+    """One kept-alive connection to each worker ({pid: connection}), each having served one
+    request (`serve(connection, attempt)`), and the spare connections opened on the way."""
+    pinned: dict[int, http.client.HTTPConnection] = {}
+    spare: list[http.client.HTTPConnection] = []
+    for attempt in range(60):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        serve(connection, attempt)
+        pid = serving_worker(connection, port, workers)
+        if pid is not None and pid not in pinned:
+            pinned[pid] = connection
+        else:
+            spare.append(connection)
+        if len(pinned) == len(workers):
+            break
+    return pinned, spare
+
+
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="maps connections to workers through Linux /proc")
 def test_a_revoked_key_stops_working_at_once_in_every_worker(coalition: Ctx, server: Server) -> None:
     """A key both workers have just used (so each has it in its aggregate cache) is revoked; the
@@ -536,19 +555,10 @@ def test_a_revoked_key_stops_working_at_once_in_every_worker(coalition: Ctx, ser
     assert len(workers) == 2, f"expected gunicorn's two workers under {server.process.pid}: {workers}"
     port = int(server.base_url.rsplit(":", 1)[1])
 
-    # One kept-alive connection to each worker, each having served the key.
-    pinned: dict[int, http.client.HTTPConnection] = {}
-    spare: list[http.client.HTTPConnection] = []
-    for _ in range(60):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    def serve(connection: http.client.HTTPConnection, _: int) -> None:
         assert pinned_request(connection, till_key) == 200
-        pid = serving_worker(connection, port, workers)
-        if pid is not None and pid not in pinned:
-            pinned[pid] = connection
-        else:
-            spare.append(connection)
-        if len(pinned) == len(workers):
-            break
+
+    pinned, spare = pin_every_worker(port, workers, serve)  # each worker has served the key
     try:
         assert sorted(pinned) == workers, f"could not reach both workers: {sorted(pinned)} of {workers}"
         for pid, connection in pinned.items():  # warm again just before: each worker knows the key as valid
@@ -621,21 +631,15 @@ def test_a_revoked_key_is_refused_on_the_purchase_path_in_every_worker(coalition
         return {"transaction_id": f"{tag}-{transaction_id}", "member_id": "ann", "store_id": "g-1",
                 "amount": "2.00", "currency": "EUR", **extra}
 
-    pinned: dict[int, http.client.HTTPConnection] = {}
-    spare: list[http.client.HTTPConnection] = []
-    posted: dict[int, str] = {}
+    posted_on: dict[int, str] = {}  # the connection's first purchase
+
+    def serve(connection: http.client.HTTPConnection, attempt: int) -> None:
+        assert pinned_post(connection, till_key, purchase(f"pin-{attempt}")) == (201, None)
+        posted_on[id(connection)] = f"pin-{attempt}"
+
+    pinned, spare = pin_every_worker(port, workers, serve)
+    posted = {pid: posted_on[id(connection)] for pid, connection in pinned.items()}
     try:
-        for attempt in range(60):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            assert pinned_post(connection, till_key, purchase(f"pin-{attempt}")) == (201, None)
-            pid = serving_worker(connection, port, workers)
-            if pid is not None and pid not in pinned:
-                pinned[pid] = connection
-                posted[pid] = f"pin-{attempt}"
-            else:
-                spare.append(connection)
-            if len(pinned) == len(workers):
-                break
         assert sorted(pinned) == workers, f"could not reach both workers: {sorted(pinned)} of {workers}"
         for pid, connection in pinned.items():  # each worker admits the key on its copy now
             assert pinned_post(connection, till_key, purchase(f"warm-{pid}")) == (201, None), pid
