@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from typing import Any
@@ -19,6 +18,7 @@ from api.problems import PROBLEM_JSON, from_http_exception, problem
 from api.routes import admin, audit, members, operations, postings, redemptions, reports
 from api.schemas import ProblemSchema
 from application.errors import ApplicationError
+from application.json_input import UNSTORABLE, no_duplicate_keys, unstorable_strings
 from application.ledger import Ledger
 from domain.errors import DomainError
 from infrastructure.config import Config
@@ -110,9 +110,9 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
     def start_request() -> Response | None:
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
         g.started = time.perf_counter()
-        if _UNSTORABLE.search(request.path):  # no resource is named so
+        if UNSTORABLE.search(request.path):  # no resource is named so
             return problem("not-found", detail="the path holds a NUL or an unpaired surrogate character")
-        bad_args = sorted(k for k, v in request.args.items(multi=True) if _UNSTORABLE.search(k + v))
+        bad_args = sorted(k for k, v in request.args.items(multi=True) if UNSTORABLE.search(k + v))
         if bad_args:
             return problem("validation-error", detail="a query parameter holds a NUL or an unpaired surrogate",
                            errors={k: ["must not hold a NUL or an unpaired surrogate character"] for k in bad_args})
@@ -126,10 +126,10 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
             try:
                 # Parsed once here so that hostile JSON (nesting deep enough to exhaust the stack,
                 # integers of thousands of digits) is a 400, not an error deep in a parser.
-                document = json.loads(request.get_data(cache=True), object_pairs_hook=_no_duplicate_keys)
+                document = json.loads(request.get_data(cache=True), object_pairs_hook=no_duplicate_keys)
             except (ValueError, RecursionError) as error:
                 return problem("malformed-request", detail=f"the body is not acceptable JSON: {str(error)[:120]}")
-            unstorable = _unstorable_strings(document)
+            unstorable = unstorable_strings(document)
             if unstorable:
                 return problem("validation-error", detail="text holds a NUL or an unpaired surrogate character",
                                errors={f: ["must not hold a NUL or an unpaired surrogate character"] for f in unstorable})
@@ -167,38 +167,6 @@ def _too_large(length: int) -> Response:
     response = problem("payload-too-large", detail=f"the body is {length:,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
     response.headers["Connection"] = "close"
     return response
-
-
-# Characters no database text column stores (NUL) or UTF-8 cannot encode (lone surrogates).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError(f"duplicate keys: {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
-    return dict(pairs)
-
-
-def _unstorable_strings(document: Any) -> list[str]:
-    """Where in the document (dotted paths) a key or string is not storable text."""
-    found: list[str] = []
-    stack: list[tuple[str, Any]] = [("", document)]
-    while stack and len(found) < 20:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            if _UNSTORABLE.search(value):
-                found.append(path or "body")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                name = f"{path}.{key}" if path else str(key)
-                if _UNSTORABLE.search(str(key)):
-                    found.append(name.encode("utf-8", "backslashreplace").decode())
-                else:
-                    stack.append((name, item))
-        elif isinstance(value, list):
-            stack.extend((f"{path}.{index}", item) for index, item in enumerate(value))
-    return sorted(found)
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:

@@ -403,6 +403,7 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
                              cache_members: int, cache_events: int, workers: int | None) -> None:
     """Stream purchases from a .csv or .jsonl file, committing batches; safe to run again after a
     crash (rows already imported are recognised by their transaction ids and counted once)."""
+    from api.import_rows import row_to_command
     from application.bulk_import import file_kind, import_purchases
     from infrastructure.bootstrap import build_ledger
     from infrastructure.import_workers import WorkerFailed, import_in_processes
@@ -424,10 +425,12 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     ledger = build_ledger(config, cache_size=cache_members, cache_events=cache_events, single_writer=True) \
         if workers == 1 else None
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.jsonl")
-    with path.open(encoding="utf-8") as counting:
-        total = sum(1 for line in counting if line.strip()) - (1 if kind == "csv" else 0)
     try:
-        with path.open(encoding="utf-8", newline="") as stream, \
+        total = _count_rows(path, kind)
+        if ledger is not None:
+            _check_partner(ledger, partner_id)
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, not part of the header.
+        with path.open(encoding="utf-8-sig", newline="") as stream, \
                 click.progressbar(length=max(total, 0), label=f"Importing {path.name}", show_pos=True) as bar:
             if workers > 1:
                 progress = threading.Lock()
@@ -441,12 +444,13 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
                     config, stream, kind, partner_id, rejects_path, workers=workers, actor="cli:import",
                     batch_size=batch_size, cache_members=cache_members // workers,
                     cache_events=max(1, cache_events // workers), on_progress=advance,
-                    prepare=lambda: build_ledger(config).close())
+                    to_command="api.import_rows:row_to_command", prepare=lambda: _prepare_import(config, partner_id))
             else:
                 assert ledger is not None
                 with rejects_path.open("w", encoding="utf-8") as rejects:
                     summary = import_purchases(ledger, stream, kind, partner_id, rejects, actor="cli:import",
-                                               batch_size=batch_size, on_progress=bar.update)
+                                               to_command=row_to_command, batch_size=batch_size,
+                                               on_progress=bar.update)
     except (ValueError, WorkerFailed) as error:
         raise click.ClickException(str(error)) from None
     finally:
@@ -458,6 +462,41 @@ def import_purchases_command(path: Path, partner_id: str, batch_size: int, rejec
     if summary.rejected:
         reasons = ", ".join(f"{k} x{v:,}" for k, v in sorted(summary.reasons.items(), key=lambda kv: -kv[1]))
         click.echo(f"rejected rows are in {rejects_path} ({reasons})")
+
+
+def _count_rows(path: Path, kind: str) -> int:
+    """Reads the file through once before anything is imported: one that is not UTF-8 is refused whole."""
+    rows = 0
+    with path.open("rb") as counting:
+        for number, line in enumerate(counting, start=1):
+            try:
+                rows += bool(line.decode("utf-8").strip())
+            except UnicodeDecodeError as error:
+                raise click.ClickException(f"{path.name} line {number} is not UTF-8 text (byte "
+                                           f"{line[error.start]:#04x}); save the file as UTF-8 and import again") from None
+    return rows - (1 if kind == "csv" else 0)
+
+
+def _check_partner(ledger: Any, partner_id: str) -> None:
+    """Refuses an import for a partner the ledger does not know before any row is read."""
+    from application.errors import ApplicationError
+    from domain.errors import DomainError
+
+    try:
+        ledger.partner_program(partner_id)
+    except (ApplicationError, DomainError) as error:
+        raise click.ClickException(f"--partner {partner_id}: {error.detail}") from None
+
+
+def _prepare_import(config: Any, partner_id: str) -> None:
+    """Once the import's workers have started: the schema (once, not in each worker) and the partner."""
+    from infrastructure.bootstrap import build_ledger
+
+    ledger = build_ledger(config)
+    try:
+        _check_partner(ledger, partner_id)
+    finally:
+        ledger.close()
 
 
 @main.group()

@@ -12,16 +12,18 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
 
 from application.commands import Outcome, RecordPurchase
 from application.external_sort import sorted_stream
+from application.json_input import no_duplicate_keys
 from application.ledger import Ledger
 
-FIELDS = ("transaction_id", "member_id", "card_number", "store_id", "amount", "currency", "occurred_at")
+# A row (its values as read from the file), the partner and the actor -> the purchase, or
+# ValueError saying what is wrong with the row. The API's schema reads rows (api/import_rows.py),
+# so a row is judged as the same purchase posted over HTTP would be.
+ToCommand = Callable[[dict[str, Any], str, str], RecordPurchase]
 
 
 @dataclass
@@ -64,7 +66,7 @@ def read_rows(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] 
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=no_duplicate_keys)
             except ValueError as error:
                 yield number, None, f"not JSON: {error}"
                 continue
@@ -78,27 +80,6 @@ def read_rows(stream: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] 
             yield reader.line_num, None, f"{len(row[None])} more value(s) than the header has columns"
             continue
         yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}, None
-
-
-def to_command(row: dict[str, Any], partner_id: str, actor: str) -> RecordPurchase:
-    unknown = set(row) - set(FIELDS) - {"items"}
-    if unknown:
-        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
-    try:
-        amount = Decimal(str(row["amount"]))
-        occurred_at = datetime.fromisoformat(str(row["occurred_at"]).replace("Z", "+00:00")) \
-            if row.get("occurred_at") else None
-        return RecordPurchase(
-            actor=actor, partner_id=partner_id, transaction_id=str(row["transaction_id"]),
-            store_id=str(row["store_id"]), amount=amount, currency=str(row["currency"]),
-            member_id=str(row["member_id"]) if row.get("member_id") else None,
-            card_number=str(row["card_number"]) if row.get("card_number") else None,
-            occurred_at=occurred_at, items=list(row.get("items") or []),
-        )
-    except KeyError as error:
-        raise ValueError(f"missing field {error.args[0]}") from None
-    except (InvalidOperation, ValueError) as error:
-        raise ValueError(f"unreadable value: {error}") from None
 
 
 # Rows are sorted by member before they are committed, in runs of this many batches held in
@@ -129,8 +110,8 @@ def _by_line(refusal: list[Any]) -> int:
 
 
 def import_purchases(
-    ledger: Ledger, stream: IO[str], kind: str, partner_id: str, rejects: IO[str], *, actor: str = "import",
-    batch_size: int = 1000, on_progress: Callable[[int], None] = lambda rows: None,
+    ledger: Ledger, stream: IO[str], kind: str, partner_id: str, rejects: IO[str], *, to_command: ToCommand,
+    actor: str = "import", batch_size: int = 1000, on_progress: Callable[[int], None] = lambda rows: None,
 ) -> ImportSummary:
     """Commits the rows in batches of `batch_size`, each one transaction, one member's rows
     together and in file order: the whole file is sorted by member first (in memory up to

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import heapq
+import importlib
 import json
 import subprocess
 import sys
@@ -45,15 +46,17 @@ def worker_of(row: dict[str, Any], workers: int) -> int:
 
 def import_in_processes(
     config: Config, stream: IO[str], kind: str, partner_id: str, rejects_path: Path, *, workers: int,
-    actor: str, batch_size: int, cache_members: int, cache_events: int,
+    actor: str, to_command: str, batch_size: int, cache_members: int, cache_events: int,
     on_progress: Callable[[int], None] = lambda rows: None, prepare: Callable[[], None] = lambda: None,
 ) -> ImportSummary:
     """The file's rows dealt to `workers` processes; their summaries added up, their refused rows
     merged into one rejects file in line order. The workers are forked from this process, so call
     this before opening any connection or starting any thread; `prepare` runs once they have
-    started and before they are given any row: create the schema there (once, not in each worker)."""
-    options = {"partner_id": partner_id, "actor": actor, "batch_size": batch_size, "cache_members": cache_members,
-               "cache_events": cache_events}
+    started and before they are given any row: create the schema there (once, not in each worker).
+    `to_command` names what turns a row into a command ("module:function", bulk_import.ToCommand):
+    each worker imports it, whether forked or started afresh."""
+    options = {"partner_id": partner_id, "actor": actor, "to_command": to_command, "batch_size": batch_size,
+               "cache_members": cache_members, "cache_events": cache_events}
     parts = [rejects_path.with_name(f"{rejects_path.name}.part{index}") for index in range(workers + 1)]
     results: list[dict[str, Any] | None] = [None] * workers
 
@@ -153,11 +156,17 @@ def run_worker(options: dict[str, Any]) -> None:
     try:
         with open(options["rejects"], "w", encoding="utf-8") as rejects:
             summary = import_purchases(ledger, sys.stdin, "numbered", options["partner_id"], rejects,
-                                       actor=options["actor"], batch_size=options["batch_size"],
+                                       actor=options["actor"], to_command=_named(options["to_command"]),
+                                       batch_size=options["batch_size"],
                                        on_progress=lambda rows: print(f"progress {rows}", flush=True))
     finally:
         ledger.close()
     print(f"summary {json.dumps(asdict(summary))}", flush=True)
+
+
+def _named(name: str) -> Any:
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from api.import_rows import row_to_command
 from application.bulk_import import import_purchases
 from test_ledger_story import START, Clock, open_ledger, set_up
 
@@ -25,14 +26,14 @@ def test_an_import_that_crashed_halfway_runs_again_and_counts_each_row_once(data
     # The first run dies after 120 of 300 rows were committed (batches of 50: 100 committed for
     # sure, the 20 of the third batch are the "crashed" part that never reached the ledger).
     partial = import_purchases(ledger, io.StringIO(HEADER + rows(100)), "csv", "grocer", io.StringIO(),
-                               batch_size=50)
+                               to_command=row_to_command, batch_size=50)
     assert (partial.imported, partial.rejected) == (100, 0)
 
     bad = "bad-store,ann,zz-9,5.00,EUR,\nbad-amount,ann,g-1,abc,EUR,\nbad-currency,ann,g-1,5.00,USD,\n"
     rejects = io.StringIO()
     progress: list[int] = []
     summary = import_purchases(ledger, io.StringIO(HEADER + rows(300) + bad), "csv", "grocer", rejects,
-                               batch_size=50, on_progress=progress.append)
+                               to_command=row_to_command, batch_size=50, on_progress=progress.append)
     assert (summary.rows, summary.imported, summary.already_imported, summary.rejected) == (303, 200, 100, 3)
     assert sum(progress) == 303
     reasons = sorted(json.loads(line)["reason"].split(":")[0] for line in rejects.getvalue().splitlines())
@@ -56,7 +57,8 @@ def test_json_lines_import_reports_unreadable_lines_and_goes_on(database_url: st
     lines.append(json.dumps({"transaction_id": "j-x", "member_id": "ann", "store_id": "g-2", "amount": "1",
                              "currency": "EUR", "colour": "red"}))
     rejects = io.StringIO()
-    summary = import_purchases(ledger, io.StringIO("\n".join(lines) + "\n"), "jsonl", "grocer", rejects)
+    summary = import_purchases(ledger, io.StringIO("\n".join(lines) + "\n"), "jsonl", "grocer", rejects,
+                               to_command=row_to_command)
     assert (summary.imported, summary.rejected) == (5, 3)
     assert ledger.get_member("ann").lifetime["earned"] == 5 * 20
     ledger.close()
@@ -87,7 +89,7 @@ def test_a_members_rows_go_together_in_file_order_and_refusals_are_reported_in_l
     rejects = io.StringIO()
     progress: list[int] = []
     summary = import_purchases(ledger, io.StringIO(HEADER + "\n".join(lines) + "\n"), "csv", "grocer", rejects,
-                               batch_size=3, on_progress=progress.append)  # runs of 30 rows
+                               to_command=row_to_command, batch_size=3, on_progress=progress.append)  # runs of 30 rows
     assert (summary.rows, summary.imported, summary.rejected) == (45, 41, 4) and sum(progress) == 45
 
     committed = [int(t.split("-")[1]) for batch in batches for t in batch]

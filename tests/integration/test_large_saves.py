@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from api.import_rows import row_to_command
 from application.bulk_import import import_purchases
 from infrastructure.pipeline_flush import install
 from test_ledger_story import START, Clock, open_ledger, set_up
@@ -58,7 +59,7 @@ def test_an_import_commits_batches_of_five_thousand_purchases(database_url: str)
     rows = "".join(f"t-{i},m-{i % 100},g-1,{i % 50 + 1}.00,EUR,2025-01-06T09:{i % 60:02d}:00Z\n" for i in range(10_000))
     csv = "transaction_id,member_id,store_id,amount,currency,occurred_at\n" + rows
     summary = finishes(lambda: import_purchases(ledger, io.StringIO(csv), "csv", "grocer", io.StringIO(),
-                                                batch_size=5000), 120)
+                                                to_command=row_to_command, batch_size=5000), 120)
     assert (summary.imported, summary.rejected) == (10_000, 0)
     assert all(len(ledger.get_member(m).purchases) == 100 for m in members)
     ledger.close()

@@ -269,6 +269,7 @@ def test_a_single_writer_forgets_a_batch_that_failed_midway(database_url: str) -
 def test_an_import_with_a_tiny_event_budget_reloads_evicted_members_correctly(database_url: str) -> None:
     import io
 
+    from api.import_rows import row_to_command
     from application.bulk_import import import_purchases
 
     clock = Clock(START + timedelta(days=1))
@@ -282,7 +283,8 @@ def test_an_import_with_a_tiny_event_budget_reloads_evicted_members_correctly(da
                             cache_size=100, cache_events=30)
     rows = "".join(f"t-{i},m-{(i // 3) % 6},g-1,{i % 9 + 1}.00,EUR,2025-01-06T09:{i % 60:02d}:00Z\n" for i in range(600))
     summary = import_purchases(importer, io.StringIO("transaction_id,member_id,store_id,amount,currency,occurred_at\n"
-                                                     + rows), "csv", "grocer", io.StringIO(), batch_size=40)
+                                                     + rows), "csv", "grocer", io.StringIO(),
+                               to_command=row_to_command, batch_size=40)
     assert (summary.imported, summary.rejected) == (600, 0)
     cache = importer.repository.cache
     assert len(cache.cache) == 1 or cache.events <= 30
