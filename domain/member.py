@@ -220,7 +220,8 @@ class Member(Aggregate):
             for lot_id, points in self.consumed:
                 member.lots[lot_id] = member.lots[lot_id].changed(remaining=-points)
             member.adjustments[self.adjustment_id] = {
-                "points": self.points, "reason": self.reason, "version": self.originator_version}
+                "points": self.points, "reason": self.reason, "version": self.originator_version,
+                "occurred_at": self.occurred_at}
             member.lifetime["adjusted"] += self.points
 
     class EventReversed(Event):
@@ -330,6 +331,8 @@ class Member(Aggregate):
             raise DuplicatePosting(f"transaction {transaction_id!r} is already recorded for this member")
         tier = rules.tier_named(self.tier)
         points = rules.points_for(amount, self.tier)
+        if points > MAX_POINTS:  # no balance could hold it, nor a projection's 64-bit column
+            raise InvalidAmount(f"the purchase would earn {points} points; at most {MAX_POINTS} a posting")
         self.trigger_event(
             self.PurchaseRecorded, partner_id=partner_id, store_id=store_id,
             transaction_id=transaction_id, amount=amount, currency=currency, items=items,
@@ -499,8 +502,11 @@ class Member(Aggregate):
             self.cancel_redemption(redemption_id=key, occurred_at=max(occurred_at, self.redemptions[key]["occurred_at"]),
                                    actor=actor)
         else:
-            self.adjust(adjustment_id=f"reversal:{reversal_id}", points=-self.adjustments[key]["points"],
-                        reason="correction", note=note, occurred_at=occurred_at, actor=actor, rules=rules)
+            adjusted = self.adjustments[key]
+            # Never before the adjustment it undoes (a snapshot from before this key was kept lacks it).
+            at = max(occurred_at, adjusted["occurred_at"]) if "occurred_at" in adjusted else occurred_at
+            self.adjust(adjustment_id=f"reversal:{reversal_id}", points=-adjusted["points"],
+                        reason="correction", note=note, occurred_at=at, actor=actor, rules=rules)
         self.trigger_event(self.EventReversed, version=version, reversal_id=reversal_id, kind=kind, note=note,
                            occurred_at=occurred_at, actor=actor)
         return kind

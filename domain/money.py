@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal, localcontext
 
 from domain.errors import InvalidAmount
 
@@ -13,6 +13,9 @@ _MINOR_UNITS = {
     "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
 }
 MAX_AMOUNT = Decimal("1000000000")  # a single posting above this is a data-entry error
+# Digits for arithmetic that is floored: products of amounts and rates (each at most 25 digits)
+# are exact, and a quotient is never rounded across a whole number.
+_EXACT_DIGITS = 100
 
 
 def minor_units(currency: str) -> int:
@@ -31,14 +34,20 @@ def check_amount(amount: Decimal, currency: str) -> None:
         raise InvalidAmount("amount must be greater than zero")
     if amount > MAX_AMOUNT:
         raise InvalidAmount(f"amount must not exceed {MAX_AMOUNT}")
-    exponent = amount.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > minor_units(currency):
-        raise InvalidAmount(f"amount has more decimal places than {currency} allows ({minor_units(currency)})")
+    # Compared exactly: normalize() would first round to the context's 28 digits, and so pass
+    # 0.999999999999999999999999999999 as 1 (no decimal places).
+    places = minor_units(currency)
+    with localcontext() as exact:
+        exact.prec = _EXACT_DIGITS
+        if amount != amount.quantize(Decimal(1).scaleb(-places)):
+            raise InvalidAmount(f"amount has more decimal places than {currency} allows ({places})")
 
 
 def earned_points(amount: Decimal, earn_rate: Decimal, multiplier: Decimal) -> int:
     """Earning floors: floor(amount x earn_rate x tier multiplier)."""
-    return int((amount * earn_rate * multiplier).to_integral_value(rounding=ROUND_FLOOR))
+    with localcontext() as exact:  # floored exactly, never after a rounding at 28 digits
+        exact.prec = _EXACT_DIGITS
+        return int((amount * earn_rate * multiplier).to_integral_value(rounding=ROUND_FLOOR))
 
 
 def points_to_reverse(points_earned: int, amount: Decimal, returned_before: Decimal, returning: Decimal) -> int:
@@ -49,7 +58,9 @@ def points_to_reverse(points_earned: int, amount: Decimal, returned_before: Deci
     def reversed_at(returned: Decimal) -> int:
         if returned >= amount:
             return points_earned
-        return int((points_earned * returned / amount).to_integral_value(rounding=ROUND_FLOOR))
+        with localcontext() as exact:
+            exact.prec = _EXACT_DIGITS
+            return int((points_earned * returned / amount).to_integral_value(rounding=ROUND_FLOOR))
 
     return reversed_at(returned_after) - reversed_at(returned_before)
 

@@ -350,3 +350,29 @@ def test_a_refused_posting_leaves_its_transaction_id_free_for_the_corrected_one(
     assert corrected.replayed is False
     assert corrected.body["points_earned"] == 10
     assert story.available() == 10
+
+
+def test_an_amount_more_precise_than_its_currency_is_refused_however_many_digits_it_has(story):
+    # 30 decimal places: rounded to the 28 digits of Decimal's default context it would look like 1.
+    with pytest.raises(InvalidAmount, match="more decimal places than EUR allows"):
+        story.purchase("t1", "0.999999999999999999999999999999")
+    assert story.events(of_type=Member.PurchaseRecorded) == [] and story.available() == 0
+
+
+def test_points_are_floored_exactly_not_after_rounding_to_28_digits():
+    from domain.money import earned_points, points_to_reverse
+
+    # Rounded to Decimal's default 28 digits first, each of these came out a whole point higher.
+    assert earned_points(Decimal("0.999999999999999999999999999999"), Decimal(1), Decimal(1)) == 0
+    assert points_to_reverse(10**12, Decimal("3"), Decimal(0), Decimal("2.999999999999999999999999999")) == \
+        999999999999
+
+
+def test_a_purchase_that_would_earn_more_points_than_a_balance_can_hold_is_refused(make_story):
+    # Valid rules, absurd together: 10^6 points a euro at a x10^6 tier. Refused, nothing stored
+    # (stored, it would stop every projection: no 64-bit column holds 10^21).
+    story = make_story(earn_rate="1000000", tiers=[{"name": "base", "qualifying_spend": "0", "multiplier": "1000000"}])
+    with pytest.raises(InvalidAmount, match="would earn 999999999990000000000 points"):
+        story.purchase("t1", "999999999.99")
+    assert story.events(of_type=Member.PurchaseRecorded) == []
+    assert story.purchase("t2", "1.00").body["points_earned"] == 10**12  # at the bound: accepted

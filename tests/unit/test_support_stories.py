@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from application.commands import Adjust, DecideAdjustment, ReverseEvent
 from application.errors import Conflict, NotFound
 from domain.errors import AlreadyDecided, AlreadyReversed, SelfApproval, UnknownEvent
-from domain.member import Member
+from domain.member import Member, replay_member
 
 
 def request(story, adjustment_id: str, points: int, actor: str = "key:sue-support", note: str = "disputed"):
@@ -126,3 +128,20 @@ def test_only_purchases_redemptions_and_adjustments_can_be_reversed(story):
     story.purchase("t-1", "10.00")
     with pytest.raises(UnknownEvent):
         reverse(story, "rev-1", 1)  # the enrolment
+
+
+def test_an_adjustment_is_never_reversed_before_it_happened(story, clock):
+    made = clock.now
+    story.purchase("t-1", "50.00", occurred_at=made - timedelta(days=10))
+    story.adjust("a-1", 100, occurred_at=made)
+    version = story.events(of_type=Member.PointsAdjusted)[0].originator_version
+    reverse_before = ReverseEvent(actor="key:sue-support", member_id="m1", reversal_id="rev-1", version=version,
+                                  note="goodwill given by mistake", occurred_at=made - timedelta(days=5))
+    story.ledger.execute(reverse_before)
+    opposite = story.events(of_type=Member.PointsAdjusted)[1]
+    assert opposite.points == -100 and opposite.occurred_at == made  # moved up to the adjustment's time
+    assert opposite.lot is None, "no debt: the member had 150 points then"
+    # Between the purchase and the adjustment the member had the purchase's 50, never less.
+    then = made - timedelta(days=3)
+    assert replay_member(story.events(), as_of=then).balance_at(then)["available"] == 50
+    assert story.available() == 50 and story.lifetime()["adjusted"] == 0
