@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -11,8 +10,9 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from domain.api_key import ROLES
 from domain.calendar import EARLIEST, LATEST
 from domain.member import ADJUSTMENT_REASONS
+from domain.money import DECIMAL_TEXT
 
-DECIMAL = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,10})?")
+DECIMAL = DECIMAL_TEXT
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ID = validate.Length(min=1, max=128)
 MAX_POINTS = 10**12

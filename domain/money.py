@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_FLOOR, Decimal, localcontext
 
 from domain.errors import InvalidAmount
@@ -12,6 +13,8 @@ _MINOR_UNITS = {
     "PYG": 0, "RWF": 0, "UGX": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
     "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
 }
+# Money as text from outside: a decimal string such as "25.00" or "-4.50", never an exponent.
+DECIMAL_TEXT = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,10})?")
 MAX_AMOUNT = Decimal("1000000000")  # a single posting above this is a data-entry error
 # Digits for arithmetic that is floored: products of amounts and rates (each at most 25 digits)
 # are exact, and a quotient is never rounded across a whole number.

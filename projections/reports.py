@@ -12,13 +12,13 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from application.errors import InvalidRequest
 from application.handlers import require_program
 from application.unit_of_work import UnitOfWork
-from domain.money import minor_units
+from domain.money import DECIMAL_TEXT, minor_units
 from domain.program import Program
 from projections.liability import MOVEMENTS
 from projections.read_model import ReadModel
@@ -190,7 +190,11 @@ class FinanceReports:
         """Matches a partner's own CSV (transaction_id,amount,occurred_at; returns negative) with
         the ledger's postings from that partner in the period."""
         self.model.ledger.partner_program(partner_id)  # NotFound for an unknown partner
-        statement = parse_statement(statement_csv, period)
+        with localcontext() as exact:
+            exact.prec = 100  # sums and differences of many amounts, never rounded at 28 digits
+            return self._partner_statement(partner_id, period, parse_statement(statement_csv, period))
+
+    def _partner_statement(self, partner_id: str, period: Period, statement: dict[str, Any]) -> dict[str, Any]:
         ledger_rows = {
             txn: (Decimal(amount) if kind == "purchase" else -Decimal(amount), occurred_at)
             for txn, kind, amount, occurred_at in self.store.query(
@@ -245,15 +249,18 @@ def parse_statement(text: str, period: Period) -> dict[str, Any]:
     outside = 0
     for number, row in enumerate(reader, start=2):
         txn = (row["transaction_id"] or "").strip()
+        text = (row["amount"] or "").strip()
         try:
-            amount = Decimal((row["amount"] or "").strip())
+            if not DECIMAL_TEXT.fullmatch(text):  # no exponents: 1e1000000 is not an amount
+                raise ValueError(text)
+            amount = Decimal(text)
             when = datetime.fromisoformat((row["occurred_at"] or "").strip().replace("Z", "+00:00"))
         except (InvalidOperation, ValueError):
-            raise InvalidRequest(f"line {number}: amount must be a decimal and occurred_at an RFC 3339 time",
+            raise InvalidRequest(f"line {number}: amount must be a decimal such as 25.00 or -4.50 (at most 15 digits "
+                                 "before the point and 10 after) and occurred_at an RFC 3339 time",
                                  field="statement") from None
-        if not txn or not amount.is_finite() or when.tzinfo is None:
-            raise InvalidRequest(f"line {number}: needs a transaction_id, a finite amount and a time with an offset",
-                                 field="statement")
+        if not txn or when.tzinfo is None:
+            raise InvalidRequest(f"line {number}: needs a transaction_id and a time with an offset", field="statement")
         if txn in seen:
             raise InvalidRequest(f"line {number}: transaction {txn!r} appears twice", field="statement")
         seen.add(txn)

@@ -202,6 +202,11 @@ def test_finance_reports_refuse_partner_keys_and_bad_periods(client: FlaskClient
     assert response.status_code == 422 and response.mimetype == PROBLEM_JSON
     assert "statement" in response.get_json()["errors"]
     response = client.post("/v1/reconciliations/partner-statements?partner_id=a&from=2025-02-01&to=2025-02-28",
+                           data="transaction_id,amount,occurred_at\na-2,1e1000000,2025-02-05T10:00:00Z\n",
+                           content_type="text/csv", headers=finance)
+    assert response.status_code == 422 and response.mimetype == PROBLEM_JSON, response.get_data(as_text=True)
+    assert "line 2: amount must be a decimal" in response.get_json()["errors"]["statement"][0]
+    response = client.post("/v1/reconciliations/partner-statements?partner_id=a&from=2025-02-01&to=2025-02-28",
                            json={"transaction_id": "a-2"}, headers=finance)
     assert response.status_code in (415, 422) and response.mimetype == PROBLEM_JSON
 

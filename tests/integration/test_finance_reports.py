@@ -600,6 +600,11 @@ def test_partner_statement_reconciliation_by_hand(books: Books) -> None:
     pytest.param("transaction_id,amount,occurred_at\nt-1,ten,2025-02-01T10:00:00Z\n", id="bad amount"),
     pytest.param("transaction_id,amount,occurred_at\nt-1,,2025-02-01T10:00:00Z\n", id="empty amount"),
     pytest.param("transaction_id,amount,occurred_at\nt-1,NaN,2025-02-01T10:00:00Z\n", id="NaN amount"),
+    # Exponents: 1e1000000 overflowed Decimal's arithmetic (a 500); none is an amount a till prints.
+    pytest.param("transaction_id,amount,occurred_at\nt-1,1e1000000,2025-02-01T10:00:00Z\n", id="huge exponent"),
+    pytest.param("transaction_id,amount,occurred_at\nt-1,-1E+2,2025-02-01T10:00:00Z\n", id="exponent"),
+    pytest.param("transaction_id,amount,occurred_at\nt-1,1234567890123456.00,2025-02-01T10:00:00Z\n",
+                 id="16 digits before the point"),
     pytest.param("transaction_id,amount,occurred_at\nt-1,100.00,yesterday\n", id="bad time"),
     pytest.param("transaction_id,amount,occurred_at\nt-1,100.00,2025-02-01T10:00:00\n", id="time without offset"),
     pytest.param("transaction_id,amount,occurred_at\n,100.00,2025-02-01T10:00:00Z\n", id="no transaction id"),
@@ -648,3 +653,13 @@ def test_periods_are_utc_days_whatever_the_offset_a_posting_was_sent_with(books:
     result = reports.partner_statement("a", FEB, statement)
     assert [r["transaction_id"] for r in result["matched"]] == ["t-1", "t-2"]
     assert result["totals"]["outside_period"] == 0 and result["missing_in_statement"] == []
+
+
+def test_statement_totals_are_exact_however_many_digits_they_need(books: Books) -> None:
+    """Sums of amounts with 15 digits before the point and 10 after need more than Decimal's
+    default 28 digits: they are not rounded."""
+    books.program()
+    rows = "".join(f"big-{i},999999999999999.9999999999,2025-02-{1 + i % 28:02d}T10:00:00Z\n" for i in range(1100))
+    result = books.reports.partner_statement("a", FEB, "transaction_id,amount,occurred_at\n" + rows)
+    assert result["totals"]["statement"] == {"count": 1100, "amount": "1099999999999999999.9999998900"}
+    assert result["totals"]["missing_in_ledger"]["amount"] == "1099999999999999999.9999998900"
