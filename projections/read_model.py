@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from application.handlers import require_program
 from application.ledger import Ledger
+from application.unit_of_work import UnitOfWork
 from application.views import rfc3339
 from domain.identity import member_id_to_uuid
 from domain.member import Member, replay_member
@@ -141,6 +143,8 @@ class ReadModel:
         the replayed balances (event_log_total), the projected lot remainders (projection_total),
         the projected members' lifetime roll-forward (members_total) and the liability
         movements' roll-forward (liability_total). Lists every difference."""
+        if program_id is not None:  # an unknown program is a 404, not "ok" over no members
+            require_program(UnitOfWork(self.ledger), program_id)
         where, params = ("WHERE program_id = %s", (program_id,)) if program_id else ("", ())
         projected = {row[0]: row for row in self.store.query(
             f"SELECT member_id, earned, redeemed, expired, reversed, adjusted, tier, version FROM member_summaries {where}",

@@ -62,7 +62,9 @@ class Reconciliation(MethodView):
     def get(self, query: dict[str, Any]) -> Any:
         """Every projected balance against a fresh replay of the event log, and the liability
         roll-forward against the sum of member balances; differences listed per member."""
-        return read_model().reconcile(query.get("program_id"))
+        model = read_model()
+        model.runner.catch_up()  # as the reports: everything committed before the request is compared
+        return model.reconcile(query.get("program_id"))
 
 
 @ready.route("/readyz")

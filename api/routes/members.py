@@ -21,7 +21,7 @@ from api.schemas import (
     MemberSchema,
 )
 from application.commands import EnrolMember
-from application.errors import NotFound
+from application.errors import InvalidRequest, NotFound
 
 blp = Blueprint("members", __name__, url_prefix="/v1", description="Members and their balances.")
 AUDIT_READERS = ("admin", "support", "supervisor", "auditor", "finance")
@@ -69,15 +69,20 @@ class MemberByCard(MethodView):
         programs = [query["program_id"]] if "program_id" in query else (
             [ledger().partner_program(principal.partner_id or "")] if principal.role == "partner"
             else ledger().program_ids())
+        found = {}
         for program_id in programs:
             try:
-                member_id = reads().member_id_for_card(program_id, card_number)
+                found[program_id] = reads().member_id_for_card(program_id, card_number)
             except NotFound:
                 continue
-            summary = reads().member_summary(member_id)
-            check_partner_may_see(summary["program_id"])
-            return summary
-        raise NotFound(f"no member with card {card_number!r}")
+        if not found:
+            raise NotFound(f"no member with card {card_number!r}")
+        if len(found) > 1:  # a card is unique in its program only: never guess whose account is meant
+            raise InvalidRequest(f"card {card_number!r} is held in programs {', '.join(sorted(found))}: "
+                                 "give program_id", field="program_id")
+        summary = reads().member_summary(next(iter(found.values())))
+        check_partner_may_see(summary["program_id"])
+        return summary
 
 
 @blp.route("/members/<string:member_id>/balance")

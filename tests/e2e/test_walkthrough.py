@@ -564,3 +564,17 @@ def test_openapi_document_describes_every_contract_route(world: World) -> None:
     missing = sorted(f"{method.upper()} {path}" for path, methods in CONTRACT_ROUTES.items()
                      for method in methods if method not in paths.get(path, {}))
     assert not missing, "routes of API.md not served (not in /openapi.json):\n" + "\n".join(missing)
+
+
+def test_a_card_held_in_two_programs_is_never_guessed(world: World) -> None:
+    """Cards are unique in their program only: without program_id, a card two programs hold is a
+    422 naming program_id, not the first program's member."""
+    expect(world.admin.post("/v1/members", {"program_id": "rival-club", "member_id": "tina",
+                                            "card_number": "card-ann"}), 201)
+    ambiguous = expect(world.auditor.get("/v1/members/by-card/card-ann"), 422, "validation-error")
+    assert "program_id" in ambiguous["errors"] and "club, rival-club" in ambiguous["detail"], ambiguous
+    assert expect(world.auditor.get("/v1/members/by-card/card-ann?program_id=club"), 200)["member_id"] == "ann"
+    assert expect(world.auditor.get("/v1/members/by-card/card-ann?program_id=rival-club"), 200)["member_id"] == "tina"
+    # A partner looks in its own program only: no ambiguity there.
+    assert expect(world.rival.get("/v1/members/by-card/card-ann"), 200)["member_id"] == "tina"
+    assert expect(world.partner.get("/v1/members/by-card/card-ann"), 200)["member_id"] == "ann"

@@ -227,3 +227,26 @@ def test_auditors_read_reports_too(client: FlaskClient) -> None:
         key = issue(client, role)
         response = client.get("/v1/reports/settlement?program_id=club&from=2025-01-01&to=2025-01-31", headers=key)
         assert response.status_code == 403, role
+
+
+def test_reports_name_an_unknown_program_or_partner_instead_of_answering_zero(client: FlaskClient) -> None:
+    """A typo in an id must not read as 'ok' or as a liability of zero."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    other = {"program_id": "other", "name": "Other", "currency": "EUR", **RULES,
+             "effective_at": "2024-12-01T00:00:00Z"}
+    assert client.post("/v1/programs", json=other, headers=admin).status_code == 201
+    assert client.post("/v1/partners", json={"partner_id": "elsewhere", "name": "E", "program_id": "other",
+                                             "stores": ["e-1"]}, headers=admin).status_code == 201
+    finance = issue(client, "finance", name="controller")
+    response = client.get("/v1/reports/reconciliation?program_id=nope", headers=finance)
+    assert response.status_code == 404 and response.mimetype == PROBLEM_JSON, response.get_json()
+    assert response.get_json()["type"] == "not-found"
+    body = client.get("/v1/reports/reconciliation?program_id=club", headers=finance).get_json()
+    assert body["ok"] is True, body
+    period = "program_id=club&from=2025-02-01&to=2025-03-31"
+    response = client.get(f"/v1/reports/liability?{period}&partner_id=nope", headers=finance)
+    assert response.status_code == 404 and response.get_json()["type"] == "not-found", response.get_json()
+    response = client.get(f"/v1/reports/liability?{period}&partner_id=elsewhere", headers=finance)
+    assert response.status_code == 422 and response.mimetype == PROBLEM_JSON, response.get_json()
+    assert "partner_id" in response.get_json()["errors"]
+    assert client.get(f"/v1/reports/liability?{period}&partner_id=a", headers=finance).status_code == 200
