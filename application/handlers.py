@@ -384,6 +384,8 @@ def decide_adjustment(uow: UnitOfWork, cmd: DecideAdjustment, now: datetime) -> 
         assert request is not None
     decision = APPROVED if cmd.approve else REJECTED
     if request.status == decision and request.decided_by == cmd.actor:
+        if (request.decision_note or "") != (cmd.note or ""):  # the same decision said differently
+            raise IdempotencyConflict(f"adjustment {cmd.adjustment_id!r} was already {decision} with another note")
         return Outcome(body=decision_view(request, member, now), status=200, replayed=True)
     request.check_can_decide(cmd.actor)
     if cmd.approve:

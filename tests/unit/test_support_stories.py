@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from application.commands import Adjust, DecideAdjustment, ReverseEvent
-from application.errors import Conflict, NotFound
+from application.errors import Conflict, IdempotencyConflict, NotFound
 from domain.errors import AlreadyDecided, AlreadyReversed, SelfApproval, UnknownEvent
 from domain.member import Member, replay_member
 
@@ -71,6 +71,15 @@ def test_approving_twice_by_the_same_supervisor_replays_and_applies_once(story):
     assert len(story.events(of_type=Member.PointsAdjusted)) == 1
     with pytest.raises(AlreadyDecided):
         decide(story, "adj-1", "key:another-supervisor")
+
+
+def test_the_same_approval_with_another_note_is_an_idempotency_conflict(story):
+    request(story, "adj-1", 1500)
+    decide(story, "adj-1", "key:sam-supervisor")
+    changed = DecideAdjustment(actor="key:sam-supervisor", adjustment_id="adj-1", approve=True, note="on second thought")
+    with pytest.raises(IdempotencyConflict):
+        story.ledger.execute(changed)
+    assert len(story.events(of_type=Member.PointsAdjusted)) == 1
 
 
 def test_an_adjustment_id_awaiting_approval_cannot_be_reused_for_another_member(story):
