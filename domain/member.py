@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.calendar import require_aware
+from domain.calendar import EARLIEST, require_aware
 from domain.errors import (
     AlreadyReversed,
     DuplicatePosting,
@@ -245,8 +245,11 @@ class Member(Aggregate):
         revision: int
 
         def apply(self, member: Member) -> None:
-            member.tier = self.to_tier
-            member.tier_since = self.occurred_at
+            # In effective-time order (recorded order among equal times), never in place: a change
+            # dated before a later one (a late posting, a review run late) does not undo it.
+            changes = sorted([*member.tier_changes_so_far(), [self.occurred_at, self.to_tier]], key=lambda c: c[0])
+            member.tier_changes = changes
+            member.tier_since, member.tier = changes[-1]
 
     @staticmethod
     def create_id(member_id: str) -> UUID:
@@ -282,6 +285,9 @@ class Member(Aggregate):
         self.request_hash = request_hash
         self.tier = tier
         self.tier_since = occurred_at
+        # [when, tier held from then], by effective time; the enrolment tier holds from the
+        # earliest time there is (postings may be dated before the enrolment).
+        self.tier_changes: list[list[Any]] = [[EARLIEST, tier]]
         self.lots: dict[str, Lot] = {}
         self.lot_sequence = 0
         self.purchases: dict[str, dict[str, Any]] = {}
@@ -329,8 +335,9 @@ class Member(Aggregate):
         key = purchase_key(partner_id, transaction_id)
         if key in self.purchases or key in self.returns:
             raise DuplicatePosting(f"transaction {transaction_id!r} is already recorded for this member")
-        tier = rules.tier_named(self.tier)
-        points = rules.points_for(amount, self.tier)
+        held = self.tier_at(occurred_at)  # a late posting earns at the tier held then, not today's
+        tier = rules.tier_named(held)
+        points = rules.points_for(amount, held)
         if points > MAX_POINTS:  # no balance could hold it, nor a projection's 64-bit column
             raise InvalidAmount(f"the purchase would earn {points} points; at most {MAX_POINTS} a posting")
         self.trigger_event(
@@ -588,16 +595,32 @@ class Member(Aggregate):
         return Lot(lot_id=self._next_lot_id(), source=source, points=points, earned_at=earned_at,
                    available_at=available_at, expires_at=expires_at, remaining=points).as_dict()
 
+    def tier_changes_so_far(self) -> list[list[Any]]:
+        # A snapshot taken before tier history was kept knows only the tier it was taken with.
+        return self.__dict__.get("tier_changes") or [[self.tier_since, self.tier]]
+
+    def tier_at(self, moment: datetime) -> str:
+        """The tier held at an effective time: the latest change by then (the enrolment tier before any)."""
+        changes = self.tier_changes_so_far()
+        held = changes[0][1]
+        for when, tier in changes:
+            if when > moment:
+                break
+            held = tier
+        return held
+
     def _move_tier(self, rules: Rules, revision: int, moment: datetime, actor: str,
                    upgrade_only: bool, cause: str) -> str | None:
+        """Judged against the tier held at `moment`, which a later change may since have replaced."""
+        held = self.tier_at(moment)
         spend = self.qualifying_spend(moment, rules)
         target = rules.tier_for_spend(spend)
-        current_rank, target_rank = rules.tier_rank(self.tier), rules.tier_rank(target.name)
-        if target.name == self.tier or (upgrade_only and target_rank <= current_rank):
+        held_rank, target_rank = rules.tier_rank(held), rules.tier_rank(target.name)
+        if target.name == held or (upgrade_only and target_rank <= held_rank):
             return None
-        direction = "up" if target_rank > current_rank else "down"
+        direction = "up" if target_rank > held_rank else "down"
         self.trigger_event(
-            self.TierChanged, from_tier=self.tier, to_tier=target.name, direction=direction,
+            self.TierChanged, from_tier=held, to_tier=target.name, direction=direction,
             reason=f"{cause}: qualifying spend {spend} over {rules.tier_window_months} months",
             qualifying_spend=spend, revision=revision, occurred_at=moment, actor=actor,
         )

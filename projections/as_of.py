@@ -119,11 +119,16 @@ def _with_tail(tx: Transaction, movements: str, params: list[Any], tail: list[Me
 
 def _tier(tx: Transaction, member_id: str, version: int, t: int | None, known: int | None,
           tail: list[Member.Event]) -> str | None:
-    for event in reversed(tail):
-        if isinstance(event, Member.TierChanged):
-            return event.to_tier
+    """As Member.tier_at: the latest change by effective time (by version among equal times)."""
     rows = tx.execute(
-        "SELECT tier FROM member_tier_changes WHERE member_id = %s AND version <= %s AND occurred_at <= %s"
-        + (" AND recorded_at <= %s" if known is not None else "") + " ORDER BY version DESC LIMIT 1",
+        "SELECT occurred_at, version, tier FROM member_tier_changes WHERE member_id = %s AND version <= %s"
+        " AND occurred_at <= %s" + (" AND recorded_at <= %s" if known is not None else "")
+        + " ORDER BY occurred_at DESC, version DESC LIMIT 1",
         [member_id, version, t] + ([known] if known is not None else []))
-    return rows[0][0] if rows else None
+    latest = (int(rows[0][0]), int(rows[0][1]), rows[0][2]) if rows else None
+    for event in tail:  # stored after the projection's version, so later recorded than any row
+        if isinstance(event, Member.TierChanged):
+            change = (micros(event.occurred_at), event.originator_version, event.to_tier)
+            if latest is None or change[:2] >= latest[:2]:
+                latest = change  # type: ignore[assignment]
+    return latest[2] if latest else None

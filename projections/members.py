@@ -32,7 +32,7 @@ def issuer_of_source(source: str) -> str:
 class MemberProjection(Projection):
     name = "members"
     cost = 10
-    version = 2  # 2: lot_totals
+    version = 3  # 2: lot_totals; 3: tier by effective time (tier_changed_at)
     tables = ("member_lots", "member_summaries", "card_index", "lot_totals")
 
     def ddl(self, store: Any) -> list[str]:
@@ -40,7 +40,7 @@ class MemberProjection(Projection):
             """CREATE TABLE IF NOT EXISTS member_summaries (
                 member_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL UNIQUE, program_id TEXT NOT NULL,
                 card_number TEXT, name TEXT, email TEXT, birthday TEXT, enrolled_at TEXT NOT NULL,
-                tier TEXT NOT NULL, tier_since TEXT NOT NULL, version BIGINT NOT NULL,
+                tier TEXT NOT NULL, tier_since TEXT NOT NULL, tier_changed_at TEXT, version BIGINT NOT NULL,
                 earned BIGINT NOT NULL DEFAULT 0, redeemed BIGINT NOT NULL DEFAULT 0,
                 expired BIGINT NOT NULL DEFAULT 0, reversed BIGINT NOT NULL DEFAULT 0,
                 adjusted BIGINT NOT NULL DEFAULT 0)""",
@@ -113,7 +113,11 @@ class _Fold:
         elif isinstance(event, Member.PointsAdjusted):
             life["adjusted"] += event.points
         elif isinstance(event, Member.TierChanged):
-            self.tier[originator] = (event.to_tier, stored.occurred_at or "")
+            # The latest change by effective time is the tier (Member.tier): a late one dated
+            # before it does not replace it; among equal times the later recorded does.
+            when = stored.occurred_at or ""
+            if originator not in self.tier or when >= self.tier[originator][1]:
+                self.tier[originator] = (event.to_tier, when)
 
     def member(self, originator: str) -> tuple[str, str]:
         return self.members[originator]
@@ -143,8 +147,10 @@ class _Fold:
                    expired = expired + %s, reversed = reversed + %s, adjusted = adjusted + %s
                WHERE originator_id = %s""",
             [(self.version[o], *(self.lifetime[o][k] for k in LIFETIME), o) for o in self.version])
-        tx.executemany("UPDATE member_summaries SET tier = %s, tier_since = %s WHERE originator_id = %s",
-                       [(tier, since, o) for o, (tier, since) in self.tier.items()])
+        tx.executemany(
+            "UPDATE member_summaries SET tier = %s, tier_since = %s, tier_changed_at = %s"
+            " WHERE originator_id = %s AND (tier_changed_at IS NULL OR tier_changed_at <= %s)",
+            [(tier, since, since, o, since) for o, (tier, since) in self.tier.items()])
         rows = []
         totals: dict[tuple[str, str], int] = defaultdict(int)
         for (originator, lot_id), lot in self.new_lots.items():

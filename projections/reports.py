@@ -73,7 +73,7 @@ class FinanceReports:
         """opening + earned - redeemed - expired - reversed + adjusted = closing, exactly; closing
         equals the sum of member balances at the period's end."""
         program = self.program(program_id)
-        if partner_id is not None and self.model.ledger.partner_program(partner_id) != program_id:  # or NotFound
+        if partner_id and self.model.ledger.partner_program(partner_id) != program_id:  # or NotFound ("": the program itself)
             raise InvalidRequest(f"partner {partner_id!r} is not a partner of program {program_id!r}", field="partner_id")
         point_value = program.rules_at(period.end_moment)[1].point_value
         where, params = "WHERE program_id = %s", [program_id]

@@ -32,6 +32,10 @@ def backdated(ledger: Ledger, clock: Clock) -> None:
         purchase("fuel", "late-2", "25", "ann", START + timedelta(days=50)),
         Redeem(actor="key:pos", member_id="eve", redemption_id="late-r", points=100,
                occurred_at=START + timedelta(days=92, hours=2)),
+        # Cat went gold on day 0 and was reviewed down on day 92; this purchase, made before day 0
+        # and posted only now, earns at blue and upgrades her as of then: a tier change recorded
+        # after one it precedes in effective time, which must not become today's tier.
+        purchase("grocer", "late-cat", "1000", "cat", START - timedelta(days=10)),
     ]))
 
 
@@ -86,6 +90,13 @@ def test_timeline_as_of_equals_replay_caught_up(world: tuple[Config, Ledger, Rea
     tell(ledger, clock, (*PHASES_WITH_BACKDATING,))
     read_model.runner.catch_up()
     assert_timeline_equals_replay(ledger, read_model)
+    changes = [(e["occurred_at"], e["data"]["to_tier"]) for e in ledger.history("cat") if e["type"] == "TierChanged"]
+    assert [tier for _, tier in changes] == ["gold", "blue", "gold"] and changes[2][0] < changes[0][0], changes
+    late = next(e for e in ledger.history("cat") if e["type"] == "PurchaseRecorded"
+                and e["data"]["transaction_id"] == "late-cat")
+    assert late["data"]["tier"] == "blue"
+    assert read_model.member_summary("cat")["tier"] == "blue" == ledger.get_member("cat").tier
+    assert read_model.reconcile()["ok"] is True
 
 
 def test_timeline_as_of_equals_replay_while_the_projection_lags(world: tuple[Config, Ledger, ReadModel],

@@ -311,7 +311,7 @@ class RandomActivity:
                                  store_id=self.rng.choice(PARTNERS[partner]), amount=cents(amount), currency="EUR",
                                  member_id=None if by_card else member_id,
                                  card_number=f"card-{member_id}" if by_card else None, occurred_at=occurred_at)
-        tier_before = self.member(member_id).tier
+        tier_before = self.member(member_id).tier_at(occurred_at or self.now)  # the tier held when bought
         self.note(f"purchase {partner}/{txn} {cents(amount)} for {member_id} at {occurred_at} (tier {tier_before})")
         outcome = self.expect_accepted(command, f"purchase {txn}")
         points = earned_points(amount, tier_before)
@@ -324,7 +324,7 @@ class RandomActivity:
         self.earned[member_id] += points
         self.writes.append((command, outcome))
         qualified = tier_for(self.purchase_spend(member_id, when))
-        tier = self.member(member_id).tier
+        tier = self.member(member_id).tier_at(when)
         if TIERS[tier][0] < TIERS[qualified][0]:
             raise Mismatch(f"purchase {txn}: spend qualifies {member_id} for {qualified}, still {tier}")
 

@@ -304,14 +304,19 @@ class LedgerMachine(RuleBasedStateMachine):
                                  amount=cents(amount), currency="EUR", member_id=member_id,
                                  occurred_at=self.occurred(backdate))
         outcome = self.ledger.execute(command)
-        expected = DOMAIN_RULES.points_for(cents(amount), before.tier)
+        # At the tier held when it was made (a late posting is not valued at today's tier).
+        expected = DOMAIN_RULES.points_for(cents(amount), before.tier_at(occurred_at))
         assert outcome.body["points_earned"] == expected
         after = self.member(member_id)
         assert after.total_points == before.total_points + expected
         assert after.lifetime["earned"] == before.lifetime["earned"] + expected
         target = DOMAIN_RULES.tier_for_spend(after.qualifying_spend(occurred_at, DOMAIN_RULES))
-        assert DOMAIN_RULES.tier_rank(after.tier) >= DOMAIN_RULES.tier_rank(target.name)
-        assert DOMAIN_RULES.tier_rank(after.tier) >= DOMAIN_RULES.tier_rank(before.tier)
+        held_after, held_before = after.tier_at(occurred_at), before.tier_at(occurred_at)
+        assert DOMAIN_RULES.tier_rank(held_after) >= DOMAIN_RULES.tier_rank(target.name)
+        assert DOMAIN_RULES.tier_rank(held_after) >= DOMAIN_RULES.tier_rank(held_before)
+        # Today's tier is the latest change by effective time, whatever order they were recorded in.
+        times = [when for when, _ in after.tier_changes]
+        assert times == sorted(times) and after.tier == after.tier_changes[-1][1]
         self.assert_balance_view(outcome, member_id)
         self.purchases[txn] = {"member": member_id, "amount": cents(amount), "returned": Decimal(0),
                                "points": expected, "occurred_at": occurred_at}
@@ -551,7 +556,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.ledger.execute(ReviewTier(actor=JOB, member_id=member_id, as_of=as_of))
             member = self.member(member_id)
             expected = DOMAIN_RULES.tier_for_spend(member.qualifying_spend(as_of, DOMAIN_RULES))
-            assert member.tier == expected.name
+            assert member.tier_at(as_of) == expected.name  # a later-dated change still stands after it
             return
         before_member = self.member(member_id)
         due = sum(lot.remaining for lot in before_member.lots.values()

@@ -122,6 +122,37 @@ def test_a_tier_review_downgrades_when_the_rolling_window_spend_falls(story, clo
     assert down.occurred_at == review_at
 
 
+def test_a_late_posting_earns_at_the_tier_held_when_it_was_made(story, start):
+    # Gold from today's 1,000; a till that was offline posts a purchase made ten days ago.
+    story.purchase("t1", "1000.00")
+    late = story.purchase("t0", "100.00", occurred_at=start - timedelta(days=10))
+    assert late.body["points_earned"] == 100, "base then: x1, not today's gold x2"
+    recorded = {e.transaction_id: e for e in story.events(of_type=Member.PurchaseRecorded)}
+    assert (recorded["t0"].tier, recorded["t0"].multiplier) == ("base", Decimal("1"))
+    assert story.member().tier == "gold" and late.body["tier"] == "gold"
+    assert story.purchase("t2", "100.00").body["points_earned"] == 200  # today: gold
+
+
+def test_a_late_posting_dated_before_a_review_does_not_undo_it(story, clock, start):
+    story.purchase("t1", "1000.00")  # gold
+    review_at = months_later(start, 13)
+    clock.set(review_at)
+    assert story.review_tier(review_at).body["changed"] == "down"
+    # Dated inside the gold year, posted after the review: earns at gold, and today stays base.
+    late = story.purchase("t-late", "1.00", occurred_at=months_later(start, 10))
+    assert late.body["points_earned"] == 2 and late.body["tier"] == "base"
+    assert story.member().tier == "base" and story.member().tier_since == review_at
+    assert story.purchase("t2", "100.00").body["points_earned"] == 100
+
+
+def test_a_review_run_late_for_an_earlier_date_does_not_undo_a_later_upgrade(story, clock, start):
+    story.purchase("t1", "1000.00", occurred_at=start)  # gold from `start`
+    assert story.review_tier(start - timedelta(days=10)).body["changed"] is None  # base then, base it stays
+    assert story.member().tier == "gold"
+    assert [e.to_tier for e in story.events(of_type=Member.TierChanged)] == ["gold"]
+    assert story.purchase("t2", "100.00").body["points_earned"] == 200
+
+
 def test_a_tier_review_keeps_a_member_who_still_qualifies(story, clock, start):
     story.purchase("t1", "600.00")
     clock.set(months_later(start, 11))
