@@ -14,7 +14,7 @@ from flask import Flask, Response, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from api.problems import PROBLEM_JSON, from_http_exception, problem
+from api.problems import PROBLEM_JSON, from_http_exception, problem, refusal_errors
 from api.routes import admin, audit, members, operations, postings, redemptions, reports
 from api.schemas import ProblemSchema
 from application.errors import ApplicationError
@@ -92,12 +92,8 @@ def create_app(config: Config, ledger: Ledger | None = None, read_model: ReadMod
     @app.errorhandler(DomainError)
     @app.errorhandler(ApplicationError)
     def ledger_error(error: DomainError | ApplicationError) -> Response:
-        errors = error.facts.get("errors")
-        field = error.facts.get("field")
-        if not errors and field:
-            errors = {str(field): [error.detail]}
         headers = {"WWW-Authenticate": "Bearer"} if error.slug == "unauthenticated" else None
-        return problem(error.slug, detail=error.detail, errors=errors, headers=headers)
+        return problem(error.slug, detail=error.detail, errors=refusal_errors(error), headers=headers)
 
     @app.errorhandler(PersistenceError)
     @app.errorhandler(psycopg.OperationalError)  # a database restart under a read-model query

@@ -79,6 +79,15 @@ def from_http_exception(error: HTTPException) -> Response:
     return problem(slug, detail=detail, errors=errors, status=status, headers=headers)
 
 
+def refusal_errors(error: Any) -> dict[str, Any] | None:
+    """A refusal's `errors` member: its own, or its one field with the detail."""
+    errors = error.facts.get("errors")
+    field = error.facts.get("field")
+    if not errors and field:
+        errors = {str(field): [error.detail]}
+    return errors or None
+
+
 def flatten_messages(messages: Any) -> dict[str, list[str]]:
     """webargs nests messages by location and field path; clients want 'field.sub': [...]."""
     flat: dict[str, list[str]] = {}

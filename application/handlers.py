@@ -240,7 +240,7 @@ def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> Outc
     partner.check_has_store(cmd.store_id)
     program = require_program(uow, partner.program_id)
     if cmd.currency != program.currency:
-        raise CurrencyMismatch(f"currency must be {program.currency}, the program's currency")
+        raise CurrencyMismatch(f"currency must be {program.currency}, the program's currency", field="currency")
     check_amount(cmd.amount, cmd.currency)
     occurred_at = effective_time(cmd.occurred_at, now)
     revision, rules = program.rules_at(occurred_at)

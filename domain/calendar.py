@@ -23,6 +23,6 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 def require_aware(moment: datetime, name: str) -> None:
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidTime(f"{name} must carry a UTC offset")
+        raise InvalidTime(f"{name} must carry a UTC offset", field=name)
     if not EARLIEST <= moment < LATEST:
-        raise InvalidTime(f"{name} must be from {EARLIEST.year} up to {LATEST.year}")
+        raise InvalidTime(f"{name} must be from {EARLIEST.year} up to {LATEST.year}", field=name)

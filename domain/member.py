@@ -339,7 +339,8 @@ class Member(Aggregate):
         tier = rules.tier_named(held)
         points = rules.points_for(amount, held)
         if points > MAX_POINTS:  # no balance could hold it, nor a projection's 64-bit column
-            raise InvalidAmount(f"the purchase would earn {points} points; at most {MAX_POINTS} a posting")
+            raise InvalidAmount(f"the purchase would earn {points} points; at most {MAX_POINTS} a posting",
+                                field="amount")
         self.trigger_event(
             self.PurchaseRecorded, partner_id=partner_id, store_id=store_id,
             transaction_id=transaction_id, amount=amount, currency=currency, items=items,
@@ -373,7 +374,7 @@ class Member(Aggregate):
         if return_key in self.returns or return_key in self.purchases:
             raise DuplicatePosting(f"transaction {transaction_id!r} is already recorded for this member")
         if amount <= 0:
-            raise InvalidAmount("amount must be greater than zero")
+            raise InvalidAmount("amount must be greater than zero", field="amount")
         left = purchase["amount"] - purchase["returned"]
         if amount > left:
             raise ReturnExceedsPurchase(
@@ -381,7 +382,7 @@ class Member(Aggregate):
                 returnable=str(left),
             )
         if occurred_at < purchase["occurred_at"]:
-            raise InvalidAmount("a return cannot occur before its purchase")
+            raise InvalidAmount("a return cannot occur before its purchase", field="occurred_at")
         points = points_to_reverse(purchase["points"], purchase["amount"], purchase["returned"], amount)
         self.trigger_event(
             self.PurchaseReturned, partner_id=partner_id, transaction_id=transaction_id,
@@ -428,7 +429,7 @@ class Member(Aggregate):
         if redemption["cancelled"]:
             raise AlreadyReversed(f"redemption {redemption_id!r} is already cancelled")
         if occurred_at < redemption["occurred_at"]:
-            raise InvalidAmount("a cancellation cannot occur before its redemption")
+            raise InvalidAmount("a cancellation cannot occur before its redemption", field="occurred_at")
         restored, restored_expired = [], []
         for lot_id, points in redemption["consumed"]:
             lot = self.lots[lot_id]
@@ -462,9 +463,9 @@ class Member(Aggregate):
         if adjustment_id in self.adjustments:
             raise DuplicatePosting(f"adjustment {adjustment_id!r} already exists for this member")
         if reason not in ADJUSTMENT_REASONS:
-            raise InvalidAmount(f"reason must be one of {', '.join(ADJUSTMENT_REASONS)}")
+            raise InvalidAmount(f"reason must be one of {', '.join(ADJUSTMENT_REASONS)}", field="reason")
         if isinstance(points, bool) or not isinstance(points, int) or points == 0:
-            raise InvalidAmount("points must be a non-zero integer")
+            raise InvalidAmount("points must be a non-zero integer", field="points")
         self.check_points(abs(points))
 
     def adjust(
@@ -536,9 +537,9 @@ class Member(Aggregate):
     @staticmethod
     def check_points(points: int) -> None:
         if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
-            raise InvalidAmount("points must be a positive integer")
+            raise InvalidAmount("points must be a positive integer", field="points")
         if points > MAX_POINTS:
-            raise InvalidAmount(f"points must not exceed {MAX_POINTS}")
+            raise InvalidAmount(f"points must not exceed {MAX_POINTS}", field="points")
 
     def check_has_available_points(self, points: int, moment: datetime) -> None:
         available = self.balance_at(moment)[AVAILABLE]

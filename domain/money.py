@@ -32,18 +32,19 @@ def is_currency_code(code: str) -> bool:
 def check_amount(amount: Decimal, currency: str) -> None:
     """A posting amount: finite, positive, at most the currency's minor units, not absurd."""
     if not isinstance(amount, Decimal) or not amount.is_finite():
-        raise InvalidAmount("amount must be a finite decimal")
+        raise InvalidAmount("amount must be a finite decimal", field="amount")
     if amount <= 0:
-        raise InvalidAmount("amount must be greater than zero")
+        raise InvalidAmount("amount must be greater than zero", field="amount")
     if amount > MAX_AMOUNT:
-        raise InvalidAmount(f"amount must not exceed {MAX_AMOUNT}")
+        raise InvalidAmount(f"amount must not exceed {MAX_AMOUNT}", field="amount")
     # Compared exactly: normalize() would first round to the context's 28 digits, and so pass
     # 0.999999999999999999999999999999 as 1 (no decimal places).
     places = minor_units(currency)
     with localcontext() as exact:
         exact.prec = _EXACT_DIGITS
         if amount != amount.quantize(Decimal(1).scaleb(-places)):
-            raise InvalidAmount(f"amount has more decimal places than {currency} allows ({places})")
+            raise InvalidAmount(f"amount has more decimal places than {currency} allows ({places})",
+                                field="amount")
 
 
 def earned_points(amount: Decimal, earn_rate: Decimal, multiplier: Decimal) -> int:

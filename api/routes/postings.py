@@ -10,7 +10,7 @@ from marshmallow import ValidationError
 
 from api.auth import current_principal, posting_partner, requires
 from api.errors import Forbidden
-from api.problems import PROBLEMS, flatten_messages
+from api.problems import PROBLEMS, flatten_messages, refusal_errors
 from api.routes import ledger, run
 from api.schemas import (
     BatchCreateSchema,
@@ -67,13 +67,14 @@ class PurchaseBatch(MethodView):
                 errors = flatten_messages(error.messages)
                 results.append(item(transaction_id, "validation-error", errors=errors))
             except (DomainError, ApplicationError) as error:
-                results.append(item(transaction_id, error.slug, detail=error.detail))
+                results.append(item(transaction_id, error.slug, detail=error.detail, errors=refusal_errors(error)))
         for index, command, outcome in zip(positions, commands, ledger().execute_batch(commands)):
             if isinstance(outcome, Outcome):
                 results[index] = {"transaction_id": command.transaction_id,
                                   "status": 200 if outcome.replayed else outcome.status, "body": outcome.body}
             else:
-                results[index] = item(command.transaction_id, outcome.slug, detail=outcome.detail)
+                results[index] = item(command.transaction_id, outcome.slug, detail=outcome.detail,
+                                      errors=refusal_errors(outcome))
         return {"results": results}
 
 
@@ -83,9 +84,9 @@ def item(transaction_id: str | None, slug: str, detail: str | None = None,
     problem = {"type": slug, "title": title, "status": status}
     if detail:
         problem["detail"] = detail
-    if errors:
+    if errors:  # as the same refusal of a single posting reads
         problem["errors"] = errors
-        problem["detail"] = "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())
+        problem["detail"] = detail or "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())
     return {"transaction_id": transaction_id, "status": status, "body": problem}
 
 

@@ -262,6 +262,8 @@ def expect(response: Response, status: int, problem_type: str | None = None) -> 
         assert response.body.get("type") == problem_type, response.body
         assert response.body.get("status") == status, response.body
         assert response.body.get("title"), response.body
+        if problem_type == "validation-error":  # API.md: "plus errors: {field: [...]} for validation failures"
+            assert isinstance(response.body.get("errors"), dict) and response.body["errors"], response.body
     return response.body
 
 

@@ -71,6 +71,8 @@ def problem_issue(status: int, content_type: str, body: Any, allowed: tuple[int,
         issues.append(f"content type {content_type!r}")
     elif not isinstance(body, dict) or body.get("status") != status or not body.get("type") or not body.get("title"):
         issues.append("not a problem document")
+    elif body["type"] == "validation-error" and not (isinstance(body.get("errors"), dict) and body["errors"]):
+        issues.append("a validation-error without its errors member")
     return "; ".join(issues) or None
 
 

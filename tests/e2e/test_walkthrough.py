@@ -578,3 +578,14 @@ def test_a_card_held_in_two_programs_is_never_guessed(world: World) -> None:
     # A partner looks in its own program only: no ambiguity there.
     assert expect(world.rival.get("/v1/members/by-card/card-ann"), 200)["member_id"] == "tina"
     assert expect(world.partner.get("/v1/members/by-card/card-ann"), 200)["member_id"] == "ann"
+
+
+def test_a_refused_batch_item_reads_as_the_same_purchase_refused_alone(world: World) -> None:
+    """Each item of a batch is judged as if posted alone: the same problem body, errors included."""
+    future = datetime.now(timezone.utc) + timedelta(days=3)
+    bodies = [purchase("bad-1", "10.001"), purchase("bad-2", "10.00", future), purchase("bad-3", "10.00", currency="USD")]
+    alone = [expect(world.partner.post("/v1/purchases", body), 422, "validation-error") for body in bodies]
+    batch = expect(world.partner.post("/v1/purchases/batch", {"purchases": bodies}), 200)
+    assert [item["status"] for item in batch["results"]] == [422, 422, 422]
+    assert [item["body"] for item in batch["results"]] == alone
+    assert [sorted(problem["errors"]) for problem in alone] == [["amount"], ["occurred_at"], ["currency"]]
