@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     PARTNER_ID,
-    Http,
     Server,
     cpu_cores_used,
     cpu_ticks,
@@ -23,83 +20,42 @@ from bench.common import (
     percentile,
     setup_world,
 )
+from bench.load_generator import drive, post_request
 
 
 def post_purchases(server: Server, key: str, members_by_client: list[list[str]], per_client: int,
                    duration: float, run_tag: str, warmup: int = 3) -> dict[str, Any]:
-    """Each client thread has its own keep-alive connection and its own members (a member is
-    never posted to by two clients at once) and posts distinct purchases until it has posted
-    `per_client` or `duration` seconds have passed."""
+    """Every client has its own keep-alive connection and its own members (a member is never
+    posted to by two clients at once) and posts distinct purchases until it has posted
+    `per_client` or `duration` seconds have passed; one thread drives them all
+    (bench/load_generator.py)."""
     clients = len(members_by_client)
-    statuses: list[dict[int, int]] = [{} for _ in range(clients)]
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    reconnects = [0] * clients
-    errors: list[str] = []
-    ready = threading.Barrier(clients + 1)
-    go = threading.Event()
-    deadline = [0.0]
 
-    def body(client: int, n: int, members: list[str], prefix: str) -> dict[str, Any]:
-        return {"transaction_id": f"{run_tag}-{prefix}{client}-{n}", "member_id": members[n % len(members)],
-                "store_id": "s-1", "amount": f"{10 + n % 40}.50", "currency": "EUR"}
-
-    def work(client: int) -> None:
-        http = Http(server.port, key)
+    def request(client: int, n: int, timed: bool) -> bytes:
         members = members_by_client[client]
-        try:
-            for n in range(warmup):  # not counted: opens the connection, loads the members
-                http.request("POST", "/v1/purchases", body(client, n, members, "w"))
-            ready.wait()
-            go.wait()
-            for n in range(per_client):
-                if time.perf_counter() >= deadline[0]:
-                    break
-                started = time.perf_counter()
-                status, payload = http.request("POST", "/v1/purchases", body(client, n, members, "c"))
-                latencies[client].append(time.perf_counter() - started)
-                statuses[client][status] = statuses[client].get(status, 0) + 1
-                if status != 201 and len(errors) < 5:
-                    errors.append(f"{status}: {payload[:300]!r}")
-        except Exception as error:  # noqa: BLE001 - reported, never hidden
-            errors.append(repr(error))
-            try:
-                ready.abort()
-            except threading.BrokenBarrierError:
-                pass
-        finally:
-            reconnects[client] = http.reconnects
-            http.close()
+        body = (f'{{"transaction_id": "{run_tag}-{"c" if timed else "w"}{client}-{n}", '
+                f'"member_id": "{members[n % len(members)]}", "store_id": "s-1", '
+                f'"amount": "{10 + n % 40}.50", "currency": "EUR"}}').encode()
+        return post_request("/v1/purchases", key, body)
 
-    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    ready.wait(timeout=300)
     groups = {"server": server.pids()}
-    cpu_before = cpu_ticks(groups)
-    started = time.perf_counter()
-    deadline[0] = started + duration
-    go.set()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    cpu = cpu_cores_used(cpu_before, cpu_ticks(groups), elapsed)
-    merged: dict[int, int] = {}
-    for per in statuses:
-        for status, count in per.items():
-            merged[status] = merged.get(status, 0) + count
-    all_latencies = [x for per in latencies for x in per]
-    created = merged.get(201, 0)
+    cpu_before: list[dict[str, Any]] = []
+    load = drive(server.port, clients, request, warmup=warmup, per_client=per_client, duration=duration,
+                 on_timing_start=lambda: cpu_before.append(cpu_ticks(groups)))
+    cpu = cpu_cores_used(cpu_before[0], cpu_ticks(groups), load.elapsed_s)
+    created = load.statuses.get(201, 0)
+    latencies = load.latencies
     return {
         "clients": clients,
-        "elapsed_s": round(elapsed, 3),
-        "requests": len(all_latencies),
+        "load_generator": "bench/load_generator.py (one thread, non-blocking sockets)",
+        "elapsed_s": round(load.elapsed_s, 3),
+        "requests": len(latencies),
         "created_201": created,
-        "statuses": {str(k): v for k, v in sorted(merged.items())},
-        "purchases_per_s": round(created / elapsed, 1),
-        "latency_ms": {"p50": round(percentile(all_latencies, 50) * 1000, 2) if all_latencies else None,
-                       "p99": round(percentile(all_latencies, 99) * 1000, 2) if all_latencies else None},
-        "reconnects": sum(reconnects),
-        "errors": errors,
+        "statuses": {str(k): v for k, v in sorted(load.statuses.items())},
+        "purchases_per_s": round(created / load.elapsed_s, 1),
+        "latency_ms": {"p50": round(percentile(latencies, 50) * 1000, 2) if latencies else None,
+                       "p99": round(percentile(latencies, 99) * 1000, 2) if latencies else None},
+        "errors": load.errors,
         "cpu_cores_used": cpu,
     }
 
