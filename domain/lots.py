@@ -20,6 +20,7 @@ class Lot:
     remaining: int
     expired: int = 0
     reversed: int = 0  # taken back by returns, including any clawback below zero
+    settled: int = 0  # paid to what the member owed (a lot below zero) when it expired; received: negative
 
     def state_at(self, moment: datetime) -> str:
         """Debt always counts against what is available; positive points are due once past expiry."""
@@ -31,11 +32,11 @@ class Lot:
             return PENDING
         return AVAILABLE
 
-    def changed(self, *, remaining: int = 0, expired: int = 0, reversed: int = 0) -> Lot:
+    def changed(self, *, remaining: int = 0, expired: int = 0, reversed: int = 0, settled: int = 0) -> Lot:
         """A new lot with these amounts added. Lots are never changed in place, so the copy of a
         member made for every command can share them with the cached original."""
         return replace(self, remaining=self.remaining + remaining, expired=self.expired + expired,
-                       reversed=self.reversed + reversed)
+                       reversed=self.reversed + reversed, settled=self.settled + settled)
 
     def is_spendable_at(self, moment: datetime) -> bool:
         return self.remaining > 0 and self.state_at(moment) == AVAILABLE

@@ -195,8 +195,13 @@ class Member(Aggregate):
 
     class PointsExpired(Event):
         expired: list[list[Any]]
+        # Points owed (lots below zero) paid from the expiring points first: [lot_id, signed
+        # points] pairs that sum to zero. Events stored before it was kept read as none.
+        settled: list[list[Any]] = ()  # type: ignore[assignment]
 
         def apply(self, member: Member) -> None:
+            for lot_id, points in self.settled:
+                member.lots[lot_id] = member.lots[lot_id].changed(remaining=points, settled=-points)
             for lot_id, points in self.expired:
                 member.lots[lot_id] = member.lots[lot_id].changed(remaining=-points, expired=points)
             member.lifetime["expired"] += sum(points for _, points in self.expired)
@@ -450,14 +455,35 @@ class Member(Aggregate):
         }
 
     def expire_points(self, *, as_of: datetime, actor: str) -> int:
-        """Expires every positive remainder whose lot is due by `as_of`. Idempotent."""
+        """Expires every positive remainder whose lot is due by `as_of`. Idempotent.
+
+        Points the member owes (a lot below zero: a clawback, a debit beyond the balance) were
+        paid back by the points that came after them (they count against the same balance), so
+        the expiring points pay the debt first and only what is left over is lost: otherwise
+        the debt would outlive the points that repaid it and be taken a second time."""
         require_aware(as_of, "as_of")
-        due = [[lot.lot_id, lot.remaining] for lot in self.lots.values()
-               if lot.remaining > 0 and lot.state_at(as_of) == DUE]
+        due = sorted((lot for lot in self.lots.values() if lot.remaining > 0 and lot.state_at(as_of) == DUE),
+                     key=lambda lot: lot.earned_at)
         if not due:
             return 0
-        self.trigger_event(self.PointsExpired, expired=due, occurred_at=as_of, actor=actor)
-        return sum(points for _, points in due)
+        debts = [[lot.lot_id, -lot.remaining] for lot in sorted(self.lots.values(), key=lambda lot: lot.earned_at)
+                 if lot.remaining < 0]
+        settled: list[list[Any]] = []
+        expired: list[list[Any]] = []
+        for lot in due:
+            left = lot.remaining
+            while left and debts:
+                debt = debts[0]
+                paid = min(left, debt[1])
+                settled += [[lot.lot_id, -paid], [debt[0], paid]]
+                left -= paid
+                debt[1] -= paid
+                if not debt[1]:
+                    debts.pop(0)
+            if left:
+                expired.append([lot.lot_id, left])
+        self.trigger_event(self.PointsExpired, expired=expired, settled=settled, occurred_at=as_of, actor=actor)
+        return sum(points for _, points in expired)
 
     def check_can_adjust(self, *, adjustment_id: str, points: int, reason: str) -> None:
         if adjustment_id in self.adjustments:

@@ -161,6 +161,10 @@ class LiabilityProjection(Projection):
             elif isinstance(event, Member.PointsExpired):
                 for lot_id, points in event.expired:
                     move(originator, issuer_of(originator, lot_id), day, "expired", points)
+                # A debt paid from expiring points: out of the paying lot's issuer, into the
+                # owing lot's (an adjustment between them; nothing net for the program).
+                for lot_id, points in event.settled:
+                    move(originator, issuer_of(originator, lot_id), day, "adjusted", points)
             elif isinstance(event, Member.PointsAdjusted):
                 if event.lot is not None:
                     remember(originator, event.lot["lot_id"], "")
@@ -199,5 +203,5 @@ def _lots_touched(event: Any) -> list[str]:
     if isinstance(event, Member.RedemptionCancelled):
         return [lot_id for lot_id, _ in event.restored + event.restored_expired]
     if isinstance(event, Member.PointsExpired):
-        return [lot_id for lot_id, _ in event.expired]
+        return [lot_id for lot_id, _ in [*event.settled, *event.expired]]
     return []

@@ -44,5 +44,6 @@ def lot_deltas(event: Any) -> list[tuple[str, int]]:
     if isinstance(event, Member.RedemptionCancelled):
         return [(lot_id, points) for lot_id, points in event.restored]
     if isinstance(event, Member.PointsExpired):
-        return [(lot_id, -points) for lot_id, points in event.expired]
+        return [*((lot_id, points) for lot_id, points in event.settled),
+                *((lot_id, -points) for lot_id, points in event.expired)]
     return []

@@ -594,8 +594,10 @@ class RandomActivity:
 
     def do_expire(self) -> None:
         as_of = self.now - self.rng.choice([timedelta(0), timedelta(0), timedelta(hours=3), timedelta(days=1)])
-        due = {m: sum(lot.remaining for lot in self.member(m).lots.values()
-                      if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= as_of)
+        # What is owed (lots below zero) is paid from the expiring points first; the rest is lost.
+        due = {m: max(0, sum(lot.remaining for lot in self.member(m).lots.values()
+                             if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= as_of)
+                      + sum(lot.remaining for lot in self.member(m).lots.values() if lot.remaining < 0))
                for m in MEMBERS}
         self.note(f"expiry job as of {as_of.isoformat()}: due {due}")
         outcomes = self.ledger.run_for_every_member(lambda m: ExpirePoints(actor="job:expiry", member_id=m, as_of=as_of))

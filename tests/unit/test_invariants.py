@@ -169,10 +169,18 @@ def walk_events(events: list[Member.Event]) -> Member:
                 assert points <= lot.remaining, f"redemption overdrew lot {lot_id}: {points} > {lot.remaining}"
             assert ev.points <= member.balance_at(ev.occurred_at)[AVAILABLE], "redemption overdrew the balance"
         elif isinstance(ev, Member.PointsExpired):
+            paid = per_lot([[lot_id, -points] for lot_id, points in ev.settled if points < 0])
+            owed_before = -sum(lot.remaining for lot in member.lots.values() if lot.remaining < 0)
+            assert sum(p for _, p in ev.settled) == 0 and sum(paid.values()) <= owed_before, ev.settled
+            for lot_id, points in ev.settled:  # paid out of due lots into lots below zero, never beyond
+                lot = member.lots[lot_id]
+                assert (lot.remaining > 0) == (points < 0) and (points > 0 or -points <= lot.remaining), (ev, lot)
+                assert points < 0 or points <= -lot.remaining, f"a debt paid beyond what was owed: {lot}"
             for lot_id, points in ev.expired:
                 lot = member.lots[lot_id]
-                assert points > 0 and points == lot.remaining, f"expiry took {points} of {lot}"
+                assert points > 0 and points + paid.get(lot_id, 0) == lot.remaining, f"expiry took {points} of {lot}"
                 assert lot.expires_at is not None and lot.expires_at <= ev.occurred_at, f"expired a lot not due: {lot}"
+            assert all(member.lots[lot_id].expires_at <= ev.occurred_at for lot_id in paid), ev
         elif isinstance(ev, Member.PointsAdjusted):
             for lot_id, points in ev.consumed:
                 lot = member.lots[lot_id]
@@ -205,8 +213,8 @@ def walk_events(events: list[Member.Event]) -> Member:
                 assert lot.remaining >= -clawback.get(lot.lot_id, 0), (
                     f"positive lot below zero by more than its clawback after {type(ev).__name__}: {lot}"
                 )
-            else:
-                assert lot.remaining == lot.points, f"a debt lot changed: {lot}"
+            else:  # a debt lot changes only when expiring points pay it back
+                assert lot.remaining + lot.settled == lot.points and lot.settled <= 0, f"a debt lot changed: {lot}"
     assert member is not None
     return member
 
@@ -559,8 +567,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert member.tier_at(as_of) == expected.name  # a later-dated change still stands after it
             return
         before_member = self.member(member_id)
-        due = sum(lot.remaining for lot in before_member.lots.values()
-                  if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= as_of)
+        due_points = sum(lot.remaining for lot in before_member.lots.values()
+                         if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= as_of)
+        owed = -sum(lot.remaining for lot in before_member.lots.values() if lot.remaining < 0)
+        # What is owed is paid from the expiring points first; only the rest is lost.
+        due = max(due_points - owed, 0)
         command = ExpirePoints(actor=JOB, member_id=member_id, as_of=as_of)
         outcome = self.ledger.execute(command)
         assert outcome.body["points_expired"] == due
@@ -569,6 +580,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert after_member.lifetime["expired"] == before_member.lifetime["expired"] + due
         assert not [lot for lot in after_member.lots.values()
                     if lot.remaining > 0 and lot.expires_at is not None and lot.expires_at <= as_of]
+        assert -sum(lot.remaining for lot in after_member.lots.values() if lot.remaining < 0) == \
+            owed - min(owed, due_points)
         if job == "expire twice":  # the same as_of again: nothing left to expire, nothing written
             before = self.footprint()
             again = self.ledger.execute(command)
@@ -705,14 +718,17 @@ class LedgerMachine(RuleBasedStateMachine):
                     spent[lot_id] = spent.get(lot_id, 0) + points
         for lot in member.lots.values():
             if lot.points < 0:
-                assert lot.remaining == lot.points and lot.expired == 0 and lot.reversed == 0, lot
+                assert lot.remaining + lot.settled == lot.points and lot.expired == 0 and lot.reversed == 0, lot
+                assert lot.points <= lot.remaining <= 0, lot
                 continue
             outstanding = spent.get(lot.lot_id, 0)
-            assert lot.points == lot.remaining + outstanding + lot.expired + lot.reversed, (lot, outstanding)
+            assert lot.points == lot.remaining + outstanding + lot.expired + lot.reversed + lot.settled, (
+                lot, outstanding)
             assert min(lot.expired, lot.reversed, outstanding) >= 0, lot
             # Only points still spent can be clawed back below zero: no point of a lot is
             # both expired and reversed.
-            assert lot.remaining + outstanding >= 0, (
+            # Points that paid a debt were spent too: a return claws them back.
+            assert lot.remaining + outstanding + lot.settled >= 0, (
                 f"{member_id}: lot {lot.lot_id} is {lot.remaining} with only {outstanding} still spent; "
                 f"expired {lot.expired} + reversed {lot.reversed} > earned {lot.points}"
             )

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from application.commands import ReverseEvent
 from application.errors import IdempotencyConflict
 from domain.errors import (
     AlreadyReversed,
@@ -455,6 +456,50 @@ def test_a_debt_is_paid_back_by_later_points_before_anything_can_be_redeemed(sto
     assert story.available() == 80
     with pytest.raises(InsufficientPoints):
         story.redeem("x1", 81)
+
+
+def test_points_that_paid_a_debt_back_are_not_lost_again_when_they_expire(story, clock):
+    story.purchase("t1", "30.00")
+    story.adjust("a1", -50, "fraud")  # 30 taken, 20 owed
+    clock.advance(days=1)
+    story.purchase("t2", "100.00")  # pays the 20 back: 80 available
+    clock.advance(days=400)
+
+    assert story.expire().body["points_expired"] == 80, "the 20 that paid the debt were not the member's to lose"
+    assert story.balance() == {"available": 0, "pending": 0, "due": 0}
+    [expiry] = story.events(of_type=Member.PointsExpired)
+    assert (expiry.expired, expiry.settled) == ([["L3", 80]], [["L3", -20], ["L2", 20]])
+    debt, paid = story.lots()["L2"], story.lots()["L3"]
+    assert (debt.remaining, debt.settled, paid.remaining, paid.expired, paid.settled) == (0, -20, 0, 80, 20)
+    assert story.lifetime()["expired"] == 80
+    assert story.expire().body["points_expired"] == 0  # nothing left: the job again changes nothing
+
+
+def test_a_reversed_debit_nets_to_nothing_even_after_expiry(story, clock):
+    story.adjust("a1", -100, "correction")  # on an empty account: a debt of 100
+    version = story.events(of_type=Member.PointsAdjusted)[0].originator_version
+    story.ledger.execute(ReverseEvent(actor="key:sue-support", member_id="m1", reversal_id="rv-1", version=version,
+                                      note="debited the wrong member"))
+    clock.advance(days=400)
+    assert story.expire().body["points_expired"] == 0
+    assert story.balance() == {"available": 0, "pending": 0, "due": 0}
+    assert story.lifetime() == {"earned": 0, "redeemed": 0, "expired": 0, "reversed": 0, "adjusted": 0}
+
+
+def test_a_returned_purchase_whose_points_paid_a_debt_claws_those_points_back(story, clock):
+    story.purchase("t1", "30.00")
+    story.adjust("a1", -50, "fraud")
+    clock.advance(days=1)
+    story.purchase("t2", "100.00")
+    clock.advance(days=400)
+    story.expire()  # 20 of t2's points paid the debt, 80 expired
+    # t2 returned: its 80 expired points are not taken twice, but the 20 that paid the debt were
+    # spent, so they come back as a debt: the member owes the 20 again, as before t2.
+    outcome = story.return_("t2-r", "t2", "100.00")
+    assert outcome.body["points_reversed"] == 100
+    [reversal] = story.events(of_type=Member.AccrualReversed)
+    assert (reversal.from_remaining, reversal.from_expired, reversal.clawback) == (0, 80, 20)
+    assert story.available() == -20
 
 
 def test_a_debt_never_expires(story, clock):
