@@ -373,7 +373,7 @@ def adjust(uow: UnitOfWork, cmd: Adjust, now: datetime) -> Outcome:
 
 def decide_adjustment(uow: UnitOfWork, cmd: DecideAdjustment, now: datetime) -> Outcome:
     """Four eyes: a supervisor other than the requester approves (the member's PointsAdjusted is
-    saved with the approval) or rejects. Repeating one's own decision replays it."""
+    saved with the approval) or rejects. Repeating one's own decision, note and all, replays it."""
     request = uow.find(AdjustmentRequest, AdjustmentRequest.create_id(cmd.adjustment_id))
     if request is None:
         raise NotFound(f"no adjustment {cmd.adjustment_id!r} awaiting approval")

@@ -443,11 +443,14 @@ def test_fifty_approvals_of_one_adjustment_apply_it_once(world: World) -> None:
     assert adjusted[0]["actor"] == f"key:{world.support_key_id}", adjusted
     row = queue_settles(world, "race-approve", "approved")
     assert row["decided_by"] == deciders[winner][1], row
-    # Late decisions after the race: a rejection is a conflict, the winner's approval a replay.
+    # Late decisions after the race: a rejection is a conflict, the winner's approval a replay
+    # (with another note, the same decision said differently: an idempotency conflict).
     loser = (winner + 1) % SUPERVISORS
     check_problem(deciders[loser][0].post("/v1/adjustments/race-approve/rejection", {"note": "late"}), 409, "conflict")
-    late = deciders[winner][0].post("/v1/adjustments/race-approve/approval", {"note": "again"})
+    late = deciders[winner][0].post("/v1/adjustments/race-approve/approval", {"note": f"approved by supervisor {winner}"})
     assert late.status == 200 and replayed(late) and late.body == decision, (late.status, late.body)
+    check_problem(deciders[winner][0].post("/v1/adjustments/race-approve/approval", {"note": "again"}), 409,
+                  "idempotency-conflict")
     assert history(world.auditor)[-1]["version"] == events[-1]["version"]
     check_reconciled(world)
 

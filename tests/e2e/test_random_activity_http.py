@@ -167,12 +167,20 @@ class Account:
         self.life["redeemed"] -= points
 
     def expire(self, as_of: datetime) -> int:
+        """Due points pay what is owed (lots below zero, oldest first) before the rest expires."""
         total = 0
-        for lot in self.lots:
-            if lot.remaining > 0 and lot.state(as_of) == "due":
-                total += lot.remaining
-                lot.expired += lot.remaining
-                lot.remaining = 0
+        debts = sorted((lot for lot in self.lots if lot.remaining < 0), key=lambda lot: lot.earned_at)
+        for lot in sorted((lot for lot in self.lots if lot.remaining > 0 and lot.state(as_of) == "due"),
+                          key=lambda lot: lot.earned_at):
+            while lot.remaining and debts:
+                paid = min(lot.remaining, -debts[0].remaining)
+                lot.remaining -= paid
+                debts[0].remaining += paid
+                if not debts[0].remaining:
+                    debts.pop(0)
+            total += lot.remaining
+            lot.expired += lot.remaining
+            lot.remaining = 0
         self.life["expired"] += total
         return total
 
