@@ -727,8 +727,9 @@ class LedgerMachine(RuleBasedStateMachine):
             assert min(lot.expired, lot.reversed, outstanding) >= 0, lot
             # Only points still spent can be clawed back below zero: no point of a lot is
             # both expired and reversed.
-            # Points that paid a debt were spent too: a return claws them back.
-            assert lot.remaining + outstanding + lot.settled >= 0, (
+            # Points that paid a debt were spent too: a return claws them back. (A lot below zero
+            # that a debt settlement lifted has settled < 0: it is not spending.)
+            assert lot.remaining + outstanding + max(lot.settled, 0) >= 0, (
                 f"{member_id}: lot {lot.lot_id} is {lot.remaining} with only {outstanding} still spent; "
                 f"expired {lot.expired} + reversed {lot.reversed} > earned {lot.points}"
             )
