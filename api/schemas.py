@@ -43,6 +43,11 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+# Query parameters as strictly as bodies: webargs would drop unknown ones (EXCLUDE); unknown=None
+# leaves the schema's own RAISE, so a misspelt parameter (`limt=10`) is a 422, not ignored.
+QUERY: dict[str, Any] = {"location": "query", "unknown": None}
+
+
 def Points(**kwargs: Any) -> fields.Integer:  # noqa: N802 - a field factory reads like a field
     return fields.Integer(strict=True, **kwargs)
 

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 
 from api.auth import requires
 from api.schemas import (
+    QUERY,
     CheckpointSchema,
     ReadinessSchema,
     ReconciliationQuerySchema,
@@ -57,7 +58,7 @@ class Verify(MethodView):
 @audit.route("/reports/reconciliation")
 class Reconciliation(MethodView):
     @requires("finance", "auditor", "admin")
-    @audit.arguments(ReconciliationQuerySchema(), location="query")
+    @audit.arguments(ReconciliationQuerySchema(), **QUERY)
     @audit.response(200, ReconciliationSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """Every projected balance against a fresh replay of the event log, and the liability

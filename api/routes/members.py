@@ -12,6 +12,7 @@ from api.auth import READERS, current_principal, requires
 from api.errors import Forbidden
 from api.routes import ledger, reads, run
 from api.schemas import (
+    QUERY,
     AsOfBalanceSchema,
     AsOfQuerySchema,
     CardQuerySchema,
@@ -61,7 +62,7 @@ class MemberById(MethodView):
 @blp.route("/members/by-card/<string:card_number>")
 class MemberByCard(MethodView):
     @requires(*READERS)
-    @blp.arguments(CardQuerySchema(), location="query")
+    @blp.arguments(CardQuerySchema(), **QUERY)
     @blp.response(200, MemberSchema)
     def get(self, query: dict[str, Any], card_number: str) -> Any:
         """Find a member by card number (in `program_id`, or in any program)."""
@@ -88,7 +89,7 @@ class MemberByCard(MethodView):
 @blp.route("/members/<string:member_id>/balance")
 class MemberBalance(MethodView):
     @requires(*AUDIT_READERS)
-    @blp.arguments(AsOfQuerySchema(), location="query")
+    @blp.arguments(AsOfQuerySchema(), **QUERY)
     @blp.response(200, AsOfBalanceSchema)
     def get(self, query: dict[str, Any], member_id: str) -> Any:
         """The balance and tier as of an effective time, as known at a recorded time: the lot
@@ -99,7 +100,7 @@ class MemberBalance(MethodView):
 @blp.route("/members/<string:member_id>/history")
 class MemberHistory(MethodView):
     @requires(*AUDIT_READERS)
-    @blp.arguments(HistoryQuerySchema(), location="query")
+    @blp.arguments(HistoryQuerySchema(), **QUERY)
     @blp.response(200, HistorySchema)
     def get(self, query: dict[str, Any], member_id: str) -> Any:
         """Every event of the member, oldest first, with who caused it."""

@@ -12,18 +12,19 @@ from api.auth import current_principal, requires
 from api.errors import Forbidden
 from api.routes import ledger, run
 from api.schemas import (
+    QUERY,
     AdjustmentCreateSchema,
     AdjustmentListSchema,
     AdjustmentQuerySchema,
     AdjustmentSchema,
-    DecisionCreateSchema,
-    DecisionSchema,
-    ReversalCreateSchema,
-    ReversalSchema,
     CancellationCreateSchema,
     CancellationSchema,
+    DecisionCreateSchema,
+    DecisionSchema,
     RedemptionCreateSchema,
     RedemptionSchema,
+    ReversalCreateSchema,
+    ReversalSchema,
 )
 from application.commands import Adjust, CancelRedemption, DecideAdjustment, Redeem, ReverseEvent
 from application.errors import NotFound
@@ -88,7 +89,7 @@ class Adjustments(MethodView):
 @blp.route("/adjustments")
 class AdjustmentQueue(MethodView):
     @requires("supervisor", "support", "admin", "auditor")
-    @blp.arguments(AdjustmentQuerySchema(), location="query")
+    @blp.arguments(AdjustmentQuerySchema(), **QUERY)
     @blp.response(200, AdjustmentListSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """Adjustment requests, oldest first: `status=pending` is the supervisor's queue."""

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 
 from api.auth import requires
 from api.schemas import (
+    QUERY,
     LiabilityQuerySchema,
     LiabilitySchema,
     PeriodQuerySchema,
@@ -37,7 +38,7 @@ def reports() -> FinanceReports:
 @blp.route("/reports/liability")
 class Liability(MethodView):
     @requires(*FINANCE)
-    @blp.arguments(LiabilityQuerySchema(), location="query")
+    @blp.arguments(LiabilityQuerySchema(), **QUERY)
     @blp.response(200, LiabilitySchema)
     def get(self, query: dict[str, Any]) -> Any:
         """The points liability roll-forward for a period (optionally one issuing partner, monthly):
@@ -49,7 +50,7 @@ class Liability(MethodView):
 @blp.route("/reports/settlement")
 class Settlement(MethodView):
     @requires(*FINANCE)
-    @blp.arguments(PeriodQuerySchema(), location="query")
+    @blp.arguments(PeriodQuerySchema(), **QUERY)
     @blp.response(200, SettlementSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """Who owes whom: points issued by one partner and redeemed at another in the period."""
@@ -59,7 +60,7 @@ class Settlement(MethodView):
 @blp.route("/reports/revenue")
 class Revenue(MethodView):
     @requires(*FINANCE)
-    @blp.arguments(PeriodQuerySchema(), location="query")
+    @blp.arguments(PeriodQuerySchema(), **QUERY)
     @blp.response(200, RevenueSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """IFRS 15 / ASC 606: price allocated to points, revenue recognised (redemptions, breakage,
@@ -70,7 +71,7 @@ class Revenue(MethodView):
 @blp.route("/reconciliations/partner-statements")
 class PartnerStatements(MethodView):
     @requires(*FINANCE)
-    @blp.arguments(StatementQuerySchema(), location="query")
+    @blp.arguments(StatementQuerySchema(), **QUERY)
     @blp.doc(requestBody={"required": True, "content": {"text/csv": {"schema": {
         "type": "string", "description": "CSV with a header: transaction_id,amount,occurred_at (returns negative)"}}}})
     @blp.response(200, StatementSchema)

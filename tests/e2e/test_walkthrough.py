@@ -589,3 +589,13 @@ def test_a_refused_batch_item_reads_as_the_same_purchase_refused_alone(world: Wo
     assert [item["status"] for item in batch["results"]] == [422, 422, 422]
     assert [item["body"] for item in batch["results"]] == alone
     assert [sorted(problem["errors"]) for problem in alone] == [["amount"], ["occurred_at"], ["currency"]]
+
+
+def test_a_misspelt_query_parameter_is_refused_not_ignored(world: World) -> None:
+    """Query parameters are read as strictly as bodies: `limt=1` must not silently mean no limit."""
+    for client, path, name in ((world.auditor, "/v1/members/ann/balance?as_of=2025-01-01T00:00:00Z&foo=1", "foo"),
+                               (world.auditor, "/v1/members/ann/history?limt=1", "limt"),
+                               (world.support, "/v1/adjustments?status=pending&limit=1", "limit")):
+        problem = expect(client.get(path), 422, "validation-error")
+        assert any(name in key for key in problem["errors"]), (path, problem)
+    expect(world.auditor.get("/v1/members/ann/history?limit=1"), 200)
