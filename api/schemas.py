@@ -12,7 +12,6 @@ from domain.calendar import EARLIEST, LATEST
 from domain.member import ADJUSTMENT_REASONS
 from domain.money import DECIMAL_TEXT
 
-DECIMAL = DECIMAL_TEXT
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ID = validate.Length(min=1, max=128)
 MAX_POINTS = 10**12
@@ -22,12 +21,12 @@ class Money(fields.String):
     """A decimal string such as "25.00": never a float, never NaN or Infinity."""
 
     def __init__(self, **kwargs: Any) -> None:
-        metadata = {"pattern": DECIMAL.pattern, "example": "25.00", **kwargs.pop("metadata", {})}
+        metadata = {"pattern": DECIMAL_TEXT.pattern, "example": "25.00", **kwargs.pop("metadata", {})}
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not DECIMAL.fullmatch(text):
+        if not DECIMAL_TEXT.fullmatch(text):
             raise ValidationError("Must be a decimal string such as \"25.00\".")
         try:
             return Decimal(text)
